@@ -1,0 +1,163 @@
+"""The prepared-data HDF5 file (``data.h5``): layout, writer, reader.
+
+Layout (one group per set; ``normal`` = Dn, ``unlabeled`` = Du, ``test`` = Dt, ``val`` optional)::
+
+    /                      attrs: schema_version, preprocessing (JSON), image_size
+    /<set>/images          (N, H, W) float16 in [0, 1], or uint8 with attrs["scale"] = 1/255
+    /<set>/labels          (N,) int8: 0 normal, 1 abnormal, -1 unknown
+    /<set>/ids             (N,) str: path relative to SOURCE (never a patient attribute)
+    /<set>/source_paths    (N,) str
+    /<set>/provenance/{modality, photometric, transfer_syntax} (N,) str,
+                      {bits_stored} (N,) int16, {original_shape} (N, 2) int32
+    /rejects/{path, reason} (M,) str
+
+Chunks hold one image, so reading a subset touches only its images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from cxrad.artifacts import atomic_path, read_manifest
+from cxrad.errors import CxradError
+
+DATA_FILE = "data.h5"
+SET_NAMES = ("normal", "unlabeled", "test", "val")
+PROVENANCE_STR = ("modality", "photometric", "transfer_syntax")
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+@dataclass
+class ImageSet:
+    """One set of preprocessed images held in memory.
+
+    ``images``: (N, H, W) float32 in [0, 1]. ``provenance``: name -> (N,) array, see module doc.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    source_paths: list[str]
+    provenance: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def write_prepared_h5(
+    path: str | Path,
+    sets: dict[str, ImageSet],
+    rejects: list[tuple[str, str]],
+    preprocessing: dict[str, Any],
+    store_dtype: str = "float16",
+) -> None:
+    """Write ``data.h5`` atomically (temp file + fsync + rename)."""
+    if store_dtype not in ("float16", "uint8"):
+        raise CxradError(f"store dtype {store_dtype!r}: use float16 or uint8.")
+    size = next((s.images.shape[1] for s in sets.values() if len(s)), int(preprocessing.get("size", 0)))
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs["schema_version"] = 1
+            h5.attrs["preprocessing"] = json.dumps(preprocessing, sort_keys=True)
+            h5.attrs["image_size"] = size
+            for name, s in sets.items():
+                g = h5.create_group(name)
+                n = len(s)
+                imgs = np.asarray(s.images, dtype=np.float32).reshape(n, size, size)
+                if store_dtype == "uint8":
+                    data = np.clip(np.rint(imgs * 255.0), 0, 255).astype(np.uint8)
+                    scale = 1.0 / 255.0
+                else:
+                    data = imgs.astype(np.float16)
+                    scale = 1.0
+                ds = g.create_dataset("images", data=data, chunks=(1, size, size) if n else None)
+                ds.attrs["scale"] = scale
+                g.create_dataset("labels", data=np.asarray(s.labels, dtype=np.int8).reshape(n))
+                g.create_dataset("ids", data=np.array(s.ids, dtype=object), dtype=_STR)
+                g.create_dataset("source_paths", data=np.array(s.source_paths, dtype=object), dtype=_STR)
+                pg = g.create_group("provenance")
+                for key, values in s.provenance.items():
+                    arr = np.asarray(values)
+                    if key in PROVENANCE_STR or arr.dtype.kind in ("U", "O"):
+                        pg.create_dataset(key, data=np.array([str(v) for v in values], dtype=object), dtype=_STR)
+                    else:
+                        pg.create_dataset(key, data=arr)
+            rg = h5.create_group("rejects")
+            rg.create_dataset("path", data=np.array([r[0] for r in rejects], dtype=object), dtype=_STR)
+            rg.create_dataset("reason", data=np.array([r[1] for r in rejects], dtype=object), dtype=_STR)
+
+
+def data_path(folder: str | Path) -> Path:
+    return Path(folder) / DATA_FILE
+
+
+def open_prepared(folder: str | Path) -> h5py.File:
+    """Open a prepared artifact's ``data.h5`` read-only after checking its manifest."""
+    read_manifest(folder, "prepared")
+    return h5py.File(data_path(folder), "r")
+
+
+def split_names(folder: str | Path) -> list[str]:
+    with open_prepared(folder) as h5:
+        return [n for n in SET_NAMES if n in h5]
+
+
+def load_split(folder: str | Path, split: str) -> ImageSet:
+    """Read one set fully into memory; images as float32 (N, H, W) in [0, 1]."""
+    with open_prepared(folder) as h5:
+        if split not in h5:
+            have = ", ".join(n for n in SET_NAMES if n in h5) or "none"
+            raise CxradError(f"{folder}: prepared data has no '{split}' set (it has: {have}).")
+        return _read_set(h5[split])
+
+
+def _read_set(g: h5py.Group) -> ImageSet:
+    ds = g["images"]
+    images = ds[...].astype(np.float32) * np.float32(ds.attrs.get("scale", 1.0))
+    prov = {k: (v.asstr()[...] if v.dtype.kind == "O" else v[...]) for k, v in g["provenance"].items()}
+    return ImageSet(
+        images=images,
+        labels=g["labels"][...].astype(np.int8),
+        ids=list(g["ids"].asstr()[...]),
+        source_paths=list(g["source_paths"].asstr()[...]),
+        provenance=prov,
+    )
+
+
+def preprocessing_of(folder: str | Path) -> dict[str, Any]:
+    """The preprocessing parameters recorded in ``data.h5`` (what `predict` must repeat)."""
+    with open_prepared(folder) as h5:
+        return json.loads(h5.attrs["preprocessing"])
+
+
+def read_rejects(folder: str | Path) -> list[tuple[str, str]]:
+    with open_prepared(folder) as h5:
+        g = h5["rejects"]
+        return list(zip(g["path"].asstr()[...], g["reason"].asstr()[...]))
+
+
+def summarize_prepared(folder: str | Path) -> dict[str, Any]:
+    """Counts per set and label, image size and reject count (used by `cxrad inspect`)."""
+    out: dict[str, Any] = {}
+    with open_prepared(folder) as h5:
+        out["image_size"] = int(h5.attrs["image_size"])
+        sets = {}
+        for name in SET_NAMES:
+            if name not in h5:
+                continue
+            labels = h5[name]["labels"][...]
+            sets[name] = {
+                "count": int(labels.size),
+                "label_0": int((labels == 0).sum()),
+                "label_1": int((labels == 1).sum()),
+                "unknown": int((labels == -1).sum()),
+            }
+        out["sets"] = sets
+        out["rejects"] = int(h5["rejects"]["path"].shape[0])
+    return out
