@@ -94,6 +94,40 @@ def inspect(
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# run: the whole pipeline
+# --------------------------------------------------------------------------------------------
+@app.command("run")
+def run_cmd(
+    config: Optional[Path] = typer.Argument(None, help="Pipeline TOML (see workflows/configs/). "
+                                            "Omitted: the embedded default on sample_data/."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where prepared sets and runs go "
+                                           "[default: $CXRAD_HOME, else ./cxrad-work]."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would run and why; run nothing."),
+    stage: Optional[List[str]] = typer.Option(None, "--stage", help="Run only this stage (repeatable): "
+                                              "prepare, train-ensemble, synthesize, refine, score, evaluate."),
+    force: bool = typer.Option(False, "--force", help="Redo stages whose output exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (paths, steps, metrics) as JSON."),
+) -> None:
+    """Run prepare → train-ensemble → synthesize → refine → score → evaluate, skipping finished stages."""
+    from cxrad.stages.pipeline import run_pipeline
+
+    result = run_pipeline(config, workdir, dry_run=dry_run, force=force, stages=stage or None)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    if dry_run:
+        for s in result["steps"]:
+            typer.echo(f"{s['action']:>6}  {s['name']:<16} {s['reason']}  ->  {s['output']}")
+    elif result["metrics"]:
+        from cxrad.report.tables import print_metrics_table
+
+        print_metrics_table(result["metrics"])
+        typer.echo(f"report: {Path(result['run']) / 'eval'}")
+    typer.echo(f"prepared data: {result['prepared']}")
+    typer.echo(f"run: {result['run']}")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point: user errors -> one line on stderr, exit code from the error."""
     try:

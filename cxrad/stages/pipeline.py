@@ -1,0 +1,243 @@
+"""`cxrad run`: the whole chain from one TOML file, skipping what is already done.
+
+prepare → train-ensemble → synthesize → refine (each input mode) → score → evaluate. A stage is
+skipped when its output folder holds a valid artifact made with the same configuration (the
+manifests decide); an interrupted stage with a checkpoint is resumed. Each stage function is the
+same one the individual commands call.
+
+Config file layout (every table optional except ``[data]``; keys are the fields of the stage
+config dataclasses in :mod:`cxrad.config`)::
+
+    [data]
+    source = "sample_data"          # folder, .tar, or folder with the split file; relative to the TOML
+    labels = "sample_data/labels.csv"   # optional: CSV path,label[,split][,patient_id]
+    split_file = "data.json"        # optional: authors' split format
+    name = "sample"                 # prepared folder name under <workdir>/prepared/
+
+    [run]
+    name = "sample-ae"              # run folder name under <workdir>/runs/
+    refine_inputs = ["dual", "intra"]
+
+    [prepare]  ...  [ensemble]  ...  [synthesize]  ...  [refine]  ...  [score]  ...  [evaluate]  ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cxrad import progress
+from cxrad.artifacts import MANIFEST_NAME, is_valid, read_manifest, to_jsonable
+from cxrad.config import (
+    EnsembleConfig,
+    EvaluateConfig,
+    PrepareConfig,
+    RefineConfig,
+    ScoreConfig,
+    SynthConfig,
+    replace_known,
+)
+from cxrad.errors import CxradError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "defaults" / "sample.toml"
+TABLES = ("data", "run", "prepare", "ensemble", "synthesize", "refine", "score", "evaluate")
+
+
+@dataclass
+class PipelineConfig:
+    """A resolved pipeline: paths made absolute, every stage config filled from the defaults."""
+
+    source: Path
+    labels: Path | None
+    split_file: Path | None
+    data_name: str
+    run_name: str
+    refine_inputs: list[str]
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    synthesize: SynthConfig = field(default_factory=SynthConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    config_path: Path | None = None
+
+
+@dataclass
+class Step:
+    name: str
+    output: Path
+    action: str            # "run", "resume" or "skip"
+    reason: str
+    call: Callable[[], Any] = field(repr=False, default=lambda: None)
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get("CXRAD_HOME") or Path.cwd() / "cxrad-work")
+
+
+def _resolve_sample_root(config_dir: Path) -> Path:
+    """The embedded default names `sample_data`: look beside the TOML's repo, then in the CWD."""
+    for cand in (config_dir.parents[1] / "sample_data", Path.cwd() / "sample_data"):
+        if cand.is_dir():
+            return cand
+    raise CxradError(
+        "sample_data/ not found (it ships with the source checkout); run `cxrad run` from the cxrad "
+        "checkout or pass a config file: cxrad run CONFIG.toml."
+    )
+
+
+def load_config(path: str | Path | None = None) -> PipelineConfig:
+    """Read a pipeline TOML (or the embedded sample default when ``path`` is None)."""
+    embedded = path is None
+    cfg_path = DEFAULT_CONFIG if embedded else Path(path)
+    if not cfg_path.is_file():
+        raise CxradError(f"{cfg_path}: no such config file; pass a TOML file (see workflows/configs/).")
+    try:
+        raw = tomllib.loads(cfg_path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CxradError(f"{cfg_path}: not valid TOML ({exc}); fix the file.") from None
+    unknown = sorted(set(raw) - set(TABLES))
+    if unknown:
+        raise CxradError(f"{cfg_path}: unknown table(s) [{'], ['.join(unknown)}]; known: {', '.join(TABLES)}.")
+    data, run = dict(raw.get("data", {})), dict(raw.get("run", {}))
+    if "source" not in data:
+        raise CxradError(f"{cfg_path}: [data] needs `source = \"...\"` (a folder or .tar of images).")
+    base = _resolve_sample_root(cfg_path.parent).parent if embedded else cfg_path.parent.resolve()
+
+    def _path(key: str) -> Path | None:
+        value = data.pop(key, None)
+        return None if value is None else (base / value).resolve()
+
+    source, labels, split_file = _path("source"), _path("labels"), _path("split_file")
+    data_name = str(data.pop("name", source.stem))
+    if data:
+        raise CxradError(f"{cfg_path}: unknown key(s) in [data]: {', '.join(sorted(data))}.")
+    refine_inputs = list(run.pop("refine_inputs", ["dual", "intra"]))
+    for mode in refine_inputs:
+        if mode not in ("dual", "intra"):
+            raise CxradError(f"{cfg_path}: [run] refine_inputs holds {mode!r}; use \"dual\" and/or \"intra\".")
+    ensemble = replace_known(EnsembleConfig(), raw.get("ensemble", {}))
+    run_name = str(run.pop("name", f"{data_name}-{ensemble.backbone}"))
+    if run:
+        raise CxradError(f"{cfg_path}: unknown key(s) in [run]: {', '.join(sorted(run))}.")
+    try:
+        return PipelineConfig(
+            source=source, labels=labels, split_file=split_file, data_name=data_name, run_name=run_name,
+            refine_inputs=refine_inputs,
+            prepare=replace_known(PrepareConfig(), raw.get("prepare", {})),
+            ensemble=ensemble,
+            synthesize=replace_known(SynthConfig(), raw.get("synthesize", {})),
+            refine=replace_known(RefineConfig(), raw.get("refine", {})),
+            score=replace_known(ScoreConfig(), raw.get("score", {})),
+            evaluate=replace_known(EvaluateConfig(), raw.get("evaluate", {})),
+            config_path=cfg_path.resolve(),
+        )
+    except CxradError as exc:
+        raise CxradError(f"{cfg_path}: {exc}") from None
+
+
+def _status(folder: Path, kind: str, checkpoint_glob: str | None = None) -> tuple[str, str]:
+    """("skip"|"resume"|"run", why) for one stage output."""
+    if is_valid(folder, kind):
+        return "skip", "valid output exists"
+    if (folder / MANIFEST_NAME).exists():
+        try:
+            read_manifest(folder, kind)
+        except CxradError as exc:
+            return "run", f"existing output not usable ({exc})"
+    if checkpoint_glob and folder.is_dir() and any(folder.glob(checkpoint_glob)):
+        return "resume", "interrupted: checkpoint found"
+    return "run", "no output yet" if not folder.exists() else "unfinished output"
+
+
+def plan(cfg: PipelineConfig, workdir: Path, force: bool = False) -> list[Step]:
+    """The stages in order, each with what will happen and why."""
+    from cxrad.stages.evaluate import evaluate
+    from cxrad.stages.prepare import prepare
+    from cxrad.stages.refine import refine
+    from cxrad.stages.score import score
+    from cxrad.stages.synthesize import synthesize
+    from cxrad.stages.train_ensemble import train_ensemble
+
+    prepared = workdir / "prepared" / cfg.data_name
+    run = workdir / "runs" / cfg.run_name
+    steps: list[Step] = []
+
+    def add(name: str, output: Path, kind: str, call: Callable[[bool], Any], ckpt: str | None = None):
+        action, why = _status(output, kind, ckpt)
+        if force and action == "skip":
+            action, why = "run", "--force"
+        steps.append(Step(name, output, action, why, lambda: call(action == "resume")))
+
+    add("prepare", prepared, "prepared",
+        lambda _r: prepare(cfg.source, prepared, cfg.prepare, labels=cfg.labels,
+                           split_file=cfg.split_file, force=force))
+    add("train-ensemble", run / "ensemble", "ensemble",
+        lambda r: train_ensemble(prepared, run, cfg.ensemble, resume=r, force=force and not r),
+        ckpt="*/*.ckpt")
+    add("synthesize", run / "synth", "synth", lambda _r: synthesize(run, cfg.synthesize, force=force))
+    for mode in cfg.refine_inputs:
+        rcfg = dataclasses.replace(cfg.refine, inputs=mode)
+        add(f"refine ({mode})", run / "refine" / mode, "refine",
+            lambda r, rcfg=rcfg: refine(run, rcfg, resume=r, force=force and not r), ckpt="*.ckpt")
+    add("score", run / "maps", "maps", lambda _r: score(run, cfg.score, force=force))
+    add("evaluate", run / "eval", "eval", lambda _r: evaluate(run, cfg.evaluate, force=force))
+    return steps
+
+
+STAGES = ("prepare", "train-ensemble", "synthesize", "refine", "score", "evaluate")
+
+
+def run_pipeline(config: str | Path | None = None, workdir: str | Path | None = None, *,
+                 dry_run: bool = False, force: bool = False,
+                 stages: list[str] | None = None) -> dict[str, Any]:
+    """Run (or, with ``dry_run``, only list) the stages; returns paths, timings and metrics.
+
+    ``stages`` limits the run to those stage names (e.g. one SLURM job per stage); the others
+    are reported but not touched.
+    """
+    cfg = load_config(config)
+    workdir = Path(workdir) if workdir else default_workdir()
+    for name in stages or []:
+        if name not in STAGES:
+            raise CxradError(f"--stage {name}: unknown stage; choose from {', '.join(STAGES)}.")
+    steps = plan(cfg, workdir, force=force)
+    if stages:
+        steps = [s for s in steps if s.name.split(" ")[0] in stages]
+    result: dict[str, Any] = {
+        "config": str(cfg.config_path), "workdir": str(workdir.resolve()),
+        "prepared": str((workdir / "prepared" / cfg.data_name).resolve()),
+        "run": str((workdir / "runs" / cfg.run_name).resolve()),
+        "steps": [{"name": s.name, "action": s.action, "reason": s.reason, "output": str(s.output)} for s in steps],
+        "timings_s": {}, "metrics": None,
+        "config_resolved": to_jsonable(dataclasses.asdict(cfg)),
+    }
+    if dry_run:
+        return result
+    if all(s.action == "skip" for s in steps):
+        progress.log("cxrad run: every stage is up to date; nothing to do (use --force to redo).")
+    for s in steps:
+        if s.action == "skip":
+            progress.log(f"[skip] {s.name}: {s.reason} ({s.output})")
+            continue
+        progress.log(f"[{s.action}] {s.name} → {s.output}")
+        t0 = time.perf_counter()
+        out = s.call()
+        result["timings_s"][s.name] = round(time.perf_counter() - t0, 2)
+        if s.name == "evaluate":
+            result["metrics"] = out
+    metrics_file = Path(result["run"]) / "eval" / "metrics.json"
+    if result["metrics"] is None and metrics_file.is_file():
+        result["metrics"] = json.loads(metrics_file.read_text())
+    return result
