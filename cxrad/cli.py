@@ -94,6 +94,135 @@ def inspect(
 # --------------------------------------------------------------------------------------------
 
 
+# -- prepare -----------------------------------------------------------------------------------
+@app.command()
+def prepare(
+    source: Path = typer.Argument(..., help="Folder or uncompressed .tar of DICOM/PNG/JPEG files "
+                                  "(folder layout [top/]{train,test}/{NORMAL,<class>}/ unless --labels/--split-file)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for data.h5 + manifest.json."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV path,label[,split][,patient_id]; "
+                                          "paths relative to SOURCE; label 0/1/empty; split normal|unlabeled|test|val|train."),
+    split_file: Optional[Path] = typer.Option(None, "--split-file", help="Authors' benchmark data.json."),
+    size: int = typer.Option(P.size, "--size", help="Output side in pixels."),
+    intensity: str = typer.Option(P.intensity, "--intensity", help="minmax | percentile"),
+    percentiles: tuple[float, float] = typer.Option(P.percentiles, "--percentiles", help="Low/high for percentile."),
+    crop: str = typer.Option(P.crop, "--crop", help="none | center (square centre crop before resizing)."),
+    no_voi_lut: bool = typer.Option(False, "--no-voi-lut", help="Ignore DICOM VOI LUT / window."),
+    allow_modality: List[str] = typer.Option([], "--allow-modality", help="Accept this DICOM modality too (repeatable)."),
+    store_dtype: str = typer.Option(P.store_dtype, "--store-dtype", help="float16 | uint8"),
+    workers: Optional[int] = typer.Option(P.workers, "--workers", help="Decoding processes [default: usable CPUs]."),
+    normal_count: Optional[int] = typer.Option(P.normal_count, "--normal-count", help="Dn size."),
+    unlabeled_count: Optional[int] = typer.Option(P.unlabeled_count, "--unlabeled-count", help="Du size."),
+    anomaly_rate: Optional[float] = typer.Option(P.anomaly_rate, "--anomaly-rate", help="Share of abnormal images in Du."),
+    test_fraction: float = typer.Option(P.test_fraction, "--test-fraction", help="Hold-out when SOURCE has no test set."),
+    seed: int = typer.Option(P.seed, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifact at --out."),
+) -> None:
+    """Decode, preprocess and split chest X-rays into OUT/data.h5 (normal, unlabeled, test[, val])."""
+    from cxrad.stages.prepare import prepare as run_prepare
+
+    cfg = PrepareConfig(size=size, intensity=intensity, percentiles=tuple(percentiles), crop=crop,
+                        voi_lut=not no_voi_lut, allow_modality=tuple(allow_modality), store_dtype=store_dtype,
+                        workers=workers, normal_count=normal_count, unlabeled_count=unlabeled_count,
+                        anomaly_rate=anomaly_rate, test_fraction=test_fraction, seed=seed)
+    typer.echo(run_prepare(source, out, cfg, labels=labels, split_file=split_file, force=force))
+
+
+# -- train-ensemble ----------------------------------------------------------------------------
+@app.command("train-ensemble")
+def train_ensemble(
+    prepared: Path = typer.Argument(..., help="Prepared data folder (`cxrad prepare`)."),
+    run: Path = typer.Option(..., "--run", help="Run folder to create or continue."),
+    module: str = typer.Option(E.module, "--module", help="ndm (Dn) | udm (Dn ∪ Du) | both"),
+    members: int = typer.Option(E.members, "--members", help="K members per module (>= 2)."),
+    backbone: str = typer.Option(E.backbone, "--backbone", help="ae | memae | aeu"),
+    epochs: int = typer.Option(E.epochs, "--epochs"),
+    batch_size: int = typer.Option(E.batch_size, "--batch-size"),
+    lr: float = typer.Option(E.lr, "--lr"),
+    seed: int = typer.Option(E.seed, "--seed"),
+    checkpoint_every: int = typer.Option(E.checkpoint_every, "--checkpoint-every", help="Epochs between checkpoints."),
+    member: Optional[int] = typer.Option(None, "--member", help="Train only member i (one process per member; "
+                                         "default under SLURM: from SLURM_ARRAY_TASK_ID)."),
+    device: str = typer.Option(E.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoints."),
+    force: bool = typer.Option(False, "--force", help="Retrain finished members / replace a different run."),
+) -> None:
+    """Train the NDM and UDM ensembles (DDAD stage 1) -> RUN/ensemble/{ndm,udm}/member-<i>.pt."""
+    from cxrad.stages.train_ensemble import train_ensemble as run_train
+
+    cfg = EnsembleConfig(module=module, members=members, backbone=backbone, epochs=epochs, batch_size=batch_size,
+                         lr=lr, seed=seed, checkpoint_every=checkpoint_every, device=device)
+    typer.echo(run_train(prepared, run, cfg, member=member, resume=resume, force=force))
+
+
+# -- score / synthesize / refine / evaluate (DDAD stage 2 and evaluation) ----------------------
+@app.command()
+def score(
+    run: Path = typer.Argument(..., help="A run folder with trained ensembles (`cxrad train-ensemble`)."),
+    split: str = typer.Option(S.split, "--split", help="test | val | normal | unlabeled | all (normal is always added)."),
+    batch_size: int = typer.Option(S.batch_size, "--batch-size"),
+    device: str = typer.Option(S.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    force: bool = typer.Option(False, "--force", help="Replace existing maps."),
+) -> None:
+    """Discrepancy maps (A_rec, A_intra, A_inter) and image scores of a split -> RUN/maps/<split>.h5."""
+    from cxrad.stages.score import score as run_score
+
+    typer.echo(run_score(run, ScoreConfig(split=split, batch_size=batch_size, device=device), force=force))
+
+
+@app.command()
+def synthesize(
+    run: Path = typer.Argument(..., help="A run folder (`cxrad train-ensemble`)."),
+    epochs: int = typer.Option(Y.epochs, "--epochs", help="ASR training epochs to draw FPI recipes for."),
+    seed: int = typer.Option(Y.seed, "--seed"),
+    force: bool = typer.Option(False, "--force"),
+) -> None:
+    """FPI pseudo-anomaly recipes for every ASR epoch -> RUN/synth/fpi.h5 + preview.png."""
+    from cxrad.stages.synthesize import synthesize as run_synth
+
+    typer.echo(run_synth(run, SynthConfig(epochs=epochs, seed=seed), force=force))
+
+
+@app.command()
+def refine(
+    run: Path = typer.Argument(..., help="A run with ensembles and FPI recipes (`cxrad synthesize`)."),
+    inputs: str = typer.Option(R.inputs, "--inputs", help="dual ([A_inter, A_intra]) or intra (A_intra)."),
+    epochs: int = typer.Option(R.epochs, "--epochs"),
+    batch_size: int = typer.Option(R.batch_size, "--batch-size"),
+    lr: float = typer.Option(R.lr, "--lr"),
+    seed: int = typer.Option(R.seed, "--seed"),
+    normalize: str = typer.Option(R.normalize, "--normalize", help="normal-mean (default) or none (reference: raw maps)."),
+    ema_decay: float = typer.Option(R.ema_decay, "--ema-decay", help="EMA of the weights; 0 keeps the raw final weights."),
+    precise_bn: bool = typer.Option(R.precise_bn, "--precise-bn/--no-precise-bn",
+                                    help="Recompute BatchNorm statistics of the kept model over one synthetic epoch."),
+    device: str = typer.Option(R.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/refine/<inputs>/checkpoint.ckpt."),
+    force: bool = typer.Option(False, "--force"),
+) -> None:
+    """Train ASR-Net on maps of FPI pseudo-anomalies -> RUN/refine/<inputs>/asr.pt."""
+    from cxrad.stages.refine import refine as run_refine
+
+    cfg = RefineConfig(inputs=inputs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, normalize=normalize,
+                       ema_decay=ema_decay, precise_bn=precise_bn, device=device)
+    typer.echo(run_refine(run, cfg, resume=resume, force=force))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run with maps and/or ASR nets."),
+    split: str = typer.Option(V.split, "--split", help="A labelled split (default: test)."),
+    percentile: float = typer.Option(V.threshold_percentile, "--threshold-percentile",
+                                     help="Threshold = this percentile of the normal training images' scores."),
+    device: str = typer.Option(V.device, "--device"),
+    force: bool = typer.Option(False, "--force"),
+) -> None:
+    """AUC/AP/F1 and thresholded metrics of every score, plots and overlays -> RUN/eval/."""
+    from cxrad.stages.evaluate import evaluate as run_eval
+
+    run_eval(run, EvaluateConfig(split=split, threshold_percentile=percentile, device=device), force=force)
+    typer.echo(Path(run) / "eval")
+
+
 # --------------------------------------------------------------------------------------------
 # run: the whole pipeline
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,10 @@ from cxrad.artifacts import read_manifest
 # kind -> "module:function" taking the artifact folder and returning a JSON-able summary dict.
 SUMMARIZERS = {
     "prepared": "cxrad.io.store:summarize_prepared",
+    "maps": "cxrad.stages.score:summarize_maps",
+    "synth": "cxrad.stages.synthesize:summarize_synth",
+    "refine": "cxrad.stages.refine:summarize_refine",
+    "eval": "cxrad.stages.evaluate:summarize_eval",
 }
 
 

@@ -1,0 +1,226 @@
+"""`cxrad prepare`: DICOM/PNG/JPEG files + labels -> ``OUT/data.h5`` + ``OUT/manifest.json``.
+
+Flow: list SOURCE and labels (io.sources) -> check the split request on the labels alone (fail
+before minutes of decoding) -> decode + preprocess in ``workers`` processes (each returns one small
+(size, size) float16 array, so memory grows with the output, not the source) -> draw Dn/Du/Dt
+among the images that decoded (splits) -> write data.h5 atomically, then the manifest last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from cxrad import progress
+from cxrad.artifacts import begin_output, finish_output, write_manifest
+from cxrad.config import PrepareConfig
+from cxrad.errors import CxradError
+from cxrad.io.images import load_image
+from cxrad.io.preprocess import parameters
+from cxrad.io.raster import RejectedImage
+from cxrad.io.sources import Entry, list_entries, read_bytes
+from cxrad.io.store import DATA_FILE, SET_NAMES, ImageSet, write_prepared_h5
+from cxrad.splits import SplitRequest, select
+
+_CFG: Optional[PrepareConfig] = None  # per worker process, set by the pool initializer
+
+
+def default_workers() -> int:
+    """CPUs this process may use (respects taskset / cgroup cpusets, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _init_worker(cfg: PrepareConfig) -> None:
+    global _CFG
+    _CFG = cfg
+    # One BLAS/Pillow thread per process: the processes already use every CPU.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _decode(task: tuple[int, Entry]) -> tuple[int, Optional[np.ndarray], Any]:
+    """Worker: (index, entry) -> (index, (size, size) float16 or None, provenance or reject reason)."""
+    i, entry = task
+    try:
+        data = read_bytes(entry.loc)
+        img, prov = load_image(data, entry.id, _CFG)
+        return i, img.astype(np.float16), prov
+    except RejectedImage as exc:
+        return i, None, str(exc)
+    except MemoryError:
+        return i, None, "image too large to decode in memory"
+    except OSError as exc:
+        return i, None, f"cannot read file ({exc.strerror or type(exc).__name__})"
+
+
+def _config_record(cfg: PrepareConfig, source: Path, labels: Optional[Path], split_file: Optional[Path]) -> dict:
+    """What decides the output: every option except the worker count (which cannot change it)."""
+    rec = dataclasses.asdict(cfg)
+    rec.pop("workers")
+    rec.update(source=str(source.resolve()), labels=str(labels.resolve()) if labels else None,
+               split_file=str(split_file.resolve()) if split_file else None)
+    return rec
+
+
+def _check_config(cfg: PrepareConfig) -> None:
+    if cfg.size < 8 or cfg.size > 4096:
+        raise CxradError(f"--size {cfg.size}: use a side between 8 and 4096 pixels.")
+    if cfg.intensity not in ("minmax", "percentile"):
+        raise CxradError(f"--intensity {cfg.intensity}: use minmax or percentile.")
+    lo, hi = cfg.percentiles
+    if not 0 <= lo < hi <= 100:
+        raise CxradError(f"--percentiles {lo} {hi}: need 0 <= low < high <= 100.")
+    if cfg.crop not in ("none", "center"):
+        raise CxradError(f"--crop {cfg.crop}: use none or center.")
+    if cfg.store_dtype not in ("float16", "uint8"):
+        raise CxradError(f"--store-dtype {cfg.store_dtype}: use float16 or uint8.")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise CxradError(f"--workers {cfg.workers}: must be >= 1.")
+
+
+def _assign(entries: list[Entry], ok: np.ndarray, cfg: PrepareConfig, *, dry: bool = False) -> dict[str, np.ndarray]:
+    """Set name -> indices into ``entries`` among those with ``ok``; pool images drawn by splits."""
+    out: dict[str, list[int]] = {name: [] for name in SET_NAMES}
+    pool = []
+    for i, e in enumerate(entries):
+        if not ok[i]:
+            continue
+        (out[e.split] if e.split else pool).append(i)
+    requested = any(v is not None for v in (cfg.normal_count, cfg.unlabeled_count, cfg.anomaly_rate))
+    if requested and not pool:
+        raise CxradError("--normal-count/--unlabeled-count/--anomaly-rate given, but the labels name every "
+                         "image's set directly (split column or split file); drop those options or the split column.")
+    if pool:
+        if out["normal"] or out["unlabeled"]:
+            raise CxradError("the labels name Dn/Du for some images (split normal/unlabeled) and leave others in "
+                             "the pool (train or empty split); name every image's set or none.")
+        req = SplitRequest(cfg.normal_count, cfg.unlabeled_count, cfg.anomaly_rate, cfg.seed, cfg.test_fraction)
+        pool_arr = np.array(pool)
+        pool_sorted = pool_arr[np.argsort([entries[i].id for i in pool])]  # selection independent of listing order
+        labels = np.array([entries[i].label for i in pool_sorted])
+        pids = [entries[i].patient_id for i in pool_sorted]
+        chosen = select(labels, req, pids if any(pids) else None, need_test=not out["test"],
+                        pool_name="the training pool" + (" (before decoding)" if dry else ""))
+        for name, idx in chosen.items():
+            out[name].extend(pool_sorted[idx].tolist())
+    return {k: np.array(sorted(v, key=lambda i: entries[i].id), dtype=np.int64) for k, v in out.items() if v}
+
+
+def _decode_all(entries: list[Entry], cfg: PrepareConfig, workers: int
+                ) -> tuple[list[Optional[np.ndarray]], list[Any]]:
+    images: list[Optional[np.ndarray]] = [None] * len(entries)
+    info: list[Any] = [None] * len(entries)
+    tasks = list(enumerate(entries))
+    pool = None
+    if workers > 1 and len(entries) > 1:
+        # fork: workers start in milliseconds and inherit the imports; started before any progress
+        # thread exists.
+        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg,))
+        results = pool.imap_unordered(_decode, tasks, chunksize=max(1, min(32, len(tasks) // (8 * workers))))
+    else:
+        _init_worker(cfg)
+        results = map(_decode, tasks)
+    try:
+        with progress.task("prepare: decoding", len(tasks)) as bar:
+            for i, img, what in results:
+                images[i], info[i] = img, what
+                if img is None:
+                    progress.log(f"rejected {entries[i].id}: {what}")
+                bar.advance(1)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return images, info
+
+
+def prepare(source: Path, out: Path, cfg: PrepareConfig, labels: Optional[Path] = None,
+            split_file: Optional[Path] = None, force: bool = False) -> Path:
+    """Decode, preprocess and split SOURCE into a prepared artifact at ``out``; returns ``out``.
+
+    A valid artifact with the same configuration at ``out`` makes this a no-op unless ``force``.
+    """
+    t0 = time.monotonic()
+    source, out = Path(source), Path(out)
+    labels = Path(labels) if labels is not None else None
+    split_file = Path(split_file) if split_file is not None else None
+    _check_config(cfg)
+    record = _config_record(cfg, source, labels, split_file)
+    listing = list_entries(source, labels, split_file)
+    entries = listing.entries
+    # Fail on impossible split requests before spending minutes decoding.
+    _assign(entries, np.ones(len(entries), bool), cfg, dry=True)
+    if not begin_output(out, "prepared", record, force=force):
+        progress.log(f"{out}: already prepared with this configuration; nothing to do (use --force to redo).")
+        return out
+    for stale in out.glob(".*.tmp"):  # temp files of a killed earlier run
+        stale.unlink(missing_ok=True)
+    for path, reason in listing.rejects:
+        progress.log(f"rejected {path}: {reason}")
+    t_list = time.monotonic()
+
+    workers = cfg.workers or default_workers()
+    images, info = _decode_all(entries, cfg, workers)
+    t_decode = time.monotonic()
+
+    rejects = list(listing.rejects) + [(e.id, info[i]) for i, e in enumerate(entries) if images[i] is None]
+    ok = np.array([im is not None for im in images], dtype=bool)
+    if not ok.any():
+        raise CxradError(f"{source}: none of the {len(entries)} files could be read (first reason: {rejects[0][1]}); "
+                         "nothing written.")
+    try:
+        chosen = _assign(entries, ok, cfg)
+    except CxradError as exc:
+        raise CxradError(f"{exc} ({len(entries) - int(ok.sum())} files were rejected while decoding; see above)") from None
+
+    sets = {}
+    for name in SET_NAMES:
+        idx = chosen.get(name)
+        if idx is None:
+            continue
+        prov_rows = [info[i] for i in idx]
+        prov = {key: np.array([p[key] for p in prov_rows]) for key in
+                ("modality", "photometric", "transfer_syntax", "bits_stored")}
+        prov["bits_stored"] = prov["bits_stored"].astype(np.int16)
+        prov["original_shape"] = np.array([p["original_shape"] for p in prov_rows], dtype=np.int32).reshape(-1, 2)
+        if any(entries[i].patient_id for i in idx):
+            prov["patient_id"] = np.array([entries[i].patient_id for i in idx])
+        ids = [entries[i].id for i in idx]
+        sets[name] = ImageSet(
+            images=np.stack([images[i] for i in idx]),
+            labels=np.array([entries[i].label for i in idx], dtype=np.int8),
+            ids=ids, source_paths=ids, provenance=prov,
+        )
+        for i in idx:  # release as we go: the stacked copy is what is kept
+            images[i] = None
+    unused = int(ok.sum()) - sum(len(s) for s in sets.values())
+    pre = parameters(cfg)
+    write_prepared_h5(out / DATA_FILE, sets, rejects, pre, store_dtype=cfg.store_dtype)
+    t_write = time.monotonic()
+
+    counts = {name: {"count": len(s), "label_0": int((s.labels == 0).sum()), "label_1": int((s.labels == 1).sum()),
+                     "unknown": int((s.labels == -1).sum())} for name, s in sets.items()}
+    write_manifest(
+        out, "prepared", record,
+        inputs=listing.inputs,
+        outputs=[DATA_FILE],
+        timings={"list": t_list - t0, "decode": t_decode - t_list, "write": t_write - t_decode,
+                 "total": time.monotonic() - t0},
+        extra={"summary": {"layout": listing.layout, "sets": counts, "rejects": len(rejects),
+                           "unused_pool_images": unused, "workers": workers,
+                           "images_per_s": len(entries) / max(t_decode - t_list, 1e-9)}},
+    )
+    finish_output(out)
+    line = ", ".join(f"{n} {c['count']} ({c['label_0']}/{c['label_1']}/{c['unknown']} normal/abnormal/unknown)"
+                     for n, c in counts.items())
+    progress.log(f"prepared {out}: {line}; {len(rejects)} rejected; {unused} pool images unused; "
+                 f"{cfg.size}x{cfg.size}; {time.monotonic() - t0:.1f} s")
+    return out

@@ -1,0 +1,71 @@
+"""Dn / Du / Dt selection (cxrad.splits): exact counts, rates, patients, infeasible requests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxrad.errors import CxradError
+from cxrad.splits import SplitRequest, n_abnormal, select
+
+KERMANY_TRAIN = np.array([0] * 1341 + [1] * 3875)
+
+
+def test_zhanglab_counts_and_seed_reproducibility():
+    req = SplitRequest(normal_count=1000, unlabeled_count=853, anomaly_rate=0.6, seed=0)
+    a = select(KERMANY_TRAIN, req)
+    b = select(KERMANY_TRAIN, req)
+    c = select(KERMANY_TRAIN, SplitRequest(1000, 853, 0.6, seed=1))
+    assert len(a["normal"]) == 1000 and (KERMANY_TRAIN[a["normal"]] == 0).all()
+    du = KERMANY_TRAIN[a["unlabeled"]]
+    assert len(du) == 853 and (du == 1).sum() == 512 and (du == 0).sum() == 341
+    assert not set(a["normal"]) & set(a["unlabeled"])
+    assert all((a[k] == b[k]).all() for k in a)
+    assert not (a["normal"] == c["normal"]).all()
+
+
+def test_infeasible_request_names_largest_feasible_counts():
+    with pytest.raises(CxradError) as err:
+        select(KERMANY_TRAIN, SplitRequest(1000, 900, 0.6))
+    msg = str(err.value)
+    # 1341 - 1000 = 341 normals left; u - round(0.6 u) <= 341 -> u <= 853
+    assert "largest feasible" in msg and "--unlabeled-count 853" in msg and "--normal-count 981" in msg
+    with pytest.raises(CxradError, match="largest feasible: --normal-count 1341"):
+        select(KERMANY_TRAIN, SplitRequest(normal_count=2000))
+
+
+def test_rounding_is_half_up():
+    assert n_abnormal(853, 0.6) == 512 and n_abnormal(5, 0.5) == 3
+
+
+def test_patients_stay_together_and_hold_out_when_no_test():
+    rng = np.random.default_rng(0)
+    pids = [f"p{i // 2}" for i in range(400)]  # two images per patient
+    labels = np.repeat(rng.integers(0, 2, 200), 2)
+    out = select(labels, SplitRequest(normal_count=40, unlabeled_count=40, anomaly_rate=0.5, seed=3), pids,
+                 need_test=True)
+    assert len(out["normal"]) == 40 and len(out["unlabeled"]) == 40 and len(out["test"]) >= 80
+    owner = {}
+    for name, idx in out.items():
+        for i in idx:
+            assert owner.setdefault(pids[i], name) == name  # never one patient in two sets
+
+
+def test_patients_indivisible_gap_is_an_error():
+    pids = ["a", "a", "a", "b", "b", "b"]
+    with pytest.raises(CxradError, match="patients cannot be split"):
+        select(np.zeros(6, int), SplitRequest(normal_count=4, unlabeled_count=0), pids)
+
+
+def test_defaults_semi_supervised_pool_and_fully_labelled_pool():
+    labels = np.array([0, 0, 0, -1, -1])
+    out = select(labels, SplitRequest())
+    assert out["normal"].tolist() == [0, 1, 2] and out["unlabeled"].tolist() == [3, 4]
+    with pytest.raises(CxradError, match="say how to split it"):
+        select(KERMANY_TRAIN, SplitRequest())
+
+
+@pytest.mark.parametrize("req", [SplitRequest(normal_count=-1), SplitRequest(anomaly_rate=1.5)])
+def test_invalid_values(req):
+    with pytest.raises(CxradError):
+        select(KERMANY_TRAIN, req)
