@@ -51,6 +51,7 @@ class EnsembleConfig:
     seed: int = 0
     checkpoint_every: int = 10          # epochs between checkpoints
     device: str = "auto"
+    amp: bool = False                   # bf16 autocast of the forward pass; CUDA only (changes results)
 
 
 @dataclass

@@ -1,0 +1,379 @@
+"""`cxrad train-ensemble`: K reconstruction networks on Dn (NDM) and K on Dn ∪ Du (UDM).
+
+The stage validates everything (config, device, prepared data, the RUN folder) before it writes
+anything, creates or joins the run (RUN/manifest.json), trains the requested (module, member)
+jobs — members of one module that start from the same epoch train together as one batched model —
+and writes RUN/ensemble/manifest.json once every member of the run is complete, whichever
+process (SLURM array task) completes last. File layout: :mod:`cxrad.run_folder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrad import losses, progress
+from cxrad.artifacts import (
+    MANIFEST_NAME,
+    atomic_path,
+    input_record,
+    read_manifest,
+    sha256_file,
+    to_jsonable,
+    write_json_atomic,
+    write_manifest,
+)
+from cxrad.config import EnsembleConfig
+from cxrad.devices import device_name, resolve_device
+from cxrad.errors import CxradError
+from cxrad.io.store import load_split, preprocessing_of, split_names
+from cxrad.models.autoencoders import BACKBONES
+from cxrad.run_folder import (
+    MODULES,
+    ensemble_dir,
+    log_path,
+    member_checkpoint_path,
+    member_info_path,
+    member_weights_path,
+    read_json,
+    read_run,  # noqa: F401  (re-exported: later stages import it from here or from run_folder)
+)
+from cxrad.training import Diverged, GroupTrainer, Interrupted, fit
+
+# Keys of EnsembleConfig that change how the process runs, not what it computes.
+__all__ = ["train_ensemble", "read_run", "run_config", "member_seed"]
+
+OPERATIONAL = ("module", "device", "checkpoint_every")
+
+
+def member_seed(base: int, module: str, i: int) -> int:
+    """Deterministic, well-mixed seed of member i of a module (recorded in the manifests)."""
+    return int(np.random.SeedSequence([int(base), MODULES.index(module), int(i)]).generate_state(1)[0])
+
+
+def _modules(cfg: EnsembleConfig) -> list[str]:
+    return list(MODULES) if cfg.module == "both" else [cfg.module]
+
+
+def _check_config(cfg: EnsembleConfig) -> None:
+    if cfg.module not in ("ndm", "udm", "both"):
+        raise CxradError(f"--module {cfg.module}: use ndm, udm or both.")
+    if cfg.backbone not in BACKBONES:
+        raise CxradError(f"--backbone {cfg.backbone}: use one of {', '.join(BACKBONES)}.")
+    if cfg.members < 2:
+        raise CxradError(f"--members {cfg.members}: the intra-discrepancy needs K >= 2 members; use --members 3 (reference).")
+    for name in ("epochs", "batch_size", "checkpoint_every", "latent_dim", "memory_items"):
+        if getattr(cfg, name) < 1:
+            raise CxradError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1.")
+    if not cfg.lr > 0:
+        raise CxradError(f"--lr {cfg.lr}: must be positive.")
+
+
+def _check_amp(cfg: EnsembleConfig, device: torch.device) -> None:
+    if cfg.amp and device.type != "cuda":
+        raise CxradError(f"--amp: mixed precision is only supported on CUDA (device is {device}); drop --amp.")
+
+
+def _jobs(cfg: EnsembleConfig, member: int | None) -> list[tuple[str, int]]:
+    """(module, member) pairs this process trains: all, `--member i`, or its SLURM array task."""
+    modules = _modules(cfg)
+    if member is not None:
+        if not 0 <= member < cfg.members:
+            raise CxradError(f"--member {member}: must be in 0..{cfg.members - 1} (--members {cfg.members}).")
+        return [(m, member) for m in modules]
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if task is not None:
+        count = len(modules) * cfg.members
+        if not task.isdigit() or int(task) >= count:
+            raise CxradError(
+                f"SLURM_ARRAY_TASK_ID={task}: this run has {count} (module, member) tasks; submit with --array=0-{count - 1}."
+            )
+        t = int(task)
+        return [(modules[t // cfg.members], t % cfg.members)]
+    return [(m, i) for m in modules for i in range(cfg.members)]
+
+
+def _load_data(prepared: Path, modules: list[str], batch_size: int) -> tuple[dict[str, np.ndarray], int]:
+    """Training images per module, (N, s, s) float32 in [0, 1], and the side s."""
+    read_manifest(prepared, "prepared")
+    have = split_names(prepared)
+    if "normal" not in have or len(normal := load_split(prepared, "normal")) == 0:
+        raise CxradError(
+            f"{prepared}: the prepared data has no images in its 'normal' set (Dn); "
+            "re-run `cxrad prepare` with normal images (--normal-count)."
+        )
+    data = {"ndm": normal.images}
+    if "udm" in modules:
+        unl = load_split(prepared, "unlabeled").images if "unlabeled" in have else np.empty((0,) + normal.images.shape[1:], np.float32)
+        if len(unl) == 0:
+            raise CxradError(
+                f"{prepared}: the prepared data has no 'unlabeled' images (Du), which the UDM trains on; "
+                "use --module ndm, or re-run `cxrad prepare` with --unlabeled-count."
+            )
+        data["udm"] = np.concatenate([normal.images, unl])
+    data = {m: data[m] for m in modules}
+    size = normal.images.shape[-1]
+    if size % 16 or normal.images.shape[-2] != size:
+        raise CxradError(
+            f"{prepared}: images are {normal.images.shape[-2]}x{size} px; the networks need a square side that is "
+            "a multiple of 16; re-run `cxrad prepare --size 64`."
+        )
+    for m, images in data.items():
+        if len(images) < batch_size:
+            what = "Dn" if m == "ndm" else "Dn ∪ Du"
+            raise CxradError(
+                f"{prepared}: {what} has {len(images)} images, fewer than --batch-size {batch_size} "
+                f"(incomplete batches are dropped); use --batch-size {len(images)} or less."
+            )
+    return data, size
+
+
+def run_config(cfg: EnsembleConfig, prepared: Path, size: int) -> dict[str, Any]:
+    """What RUN/manifest.json records as the run's configuration (compared on re-runs)."""
+    body = {k: v for k, v in to_jsonable(cfg).items() if k not in OPERATIONAL}
+    modules = _modules(cfg)
+    body.update(
+        modules=modules,
+        image_size=size,
+        seeds={m: [member_seed(cfg.seed, m, i) for i in range(cfg.members)] for m in modules},
+        prepared=input_record(prepared),
+        preprocessing=preprocessing_of(prepared),
+    )
+    return body
+
+
+def _digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(keys) or "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# the run folder
+# ---------------------------------------------------------------------------------------------
+def _check_run_folder(run: Path, config: dict, *, force: bool, resume: bool) -> bool:
+    """Decide, before writing anything, whether the run manifest must be (re)written.
+
+    Returns True when it must be written: a new run, or ``force`` over a different config.
+    """
+    if run.exists() and not run.is_dir():
+        raise CxradError(f"{run}: exists and is a file; choose a folder for --run.")
+    mpath = run / MANIFEST_NAME
+    if not mpath.is_file():
+        if resume:
+            raise CxradError(f"{run}: nothing to resume (not a cxrad run: no run manifest); start it without --resume.")
+        if run.is_dir() and not force:
+            # Dot files are other processes' temporary manifests (SLURM tasks creating the run).
+            foreign = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+            if foreign:
+                raise CxradError(
+                    f"{run}: not a cxrad run (no run manifest) and not empty (holds {foreign[0]}"
+                    f"{' …' if len(foreign) > 1 else ''}); choose a new or empty folder for --run."
+                )
+        return True
+    old = read_json(mpath)
+    if old is None or old.get("kind") != "run":
+        kind = (old or {}).get("kind", "unreadable")
+        raise CxradError(f"{run}: holds a {kind} artifact, not a cxrad run; choose another folder for --run.")
+    read_manifest(run, "run")  # schema check
+    if old["config"] == to_jsonable(config):
+        return False
+    if not force:
+        raise CxradError(
+            f"{run}: already holds a run with a different configuration (differs in: "
+            f"{_differences(old['config'], to_jsonable(config))}); use --force to retrain it, or choose another --run."
+        )
+    if resume:
+        raise CxradError(f"{run}: the run's configuration differs, so it cannot be resumed; drop --resume.")
+    return True
+
+
+def _member_status(run: Path, module: str, i: int, digest: str) -> tuple[str, dict | None]:
+    """'done' (weights + info of this config), 'ckpt' (a checkpoint to resume) or 'none'."""
+    info = read_json(member_info_path(run, module, i))
+    weights = member_weights_path(run, module, i)
+    if info and info.get("config_sha256") == digest and weights.is_file() and weights.stat().st_size == info.get("weights_bytes"):
+        return "done", info
+    ckpt = member_checkpoint_path(run, module, i)
+    if ckpt.is_file():
+        c = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if c.get("config_sha256") == digest:
+            return "ckpt", c
+    return "none", None
+
+
+def _remove_member(run: Path, module: str, i: int) -> None:
+    for p in (member_weights_path(run, module, i), member_info_path(run, module, i),
+              member_checkpoint_path(run, module, i)):
+        p.unlink(missing_ok=True)
+
+
+def _append_log(run: Path, record: dict) -> None:
+    # One os.write of a whole line with O_APPEND: lines of concurrent processes never interleave.
+    fd = os.open(log_path(run), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------------------------
+def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int | None = None,
+                   resume: bool = False, force: bool = False) -> Path:
+    """Train the NDM/UDM ensembles of ``cfg`` from ``prepared`` into ``run``; return ``run``.
+
+    ``member``: train only member i (of each requested module); without it and with
+    SLURM_ARRAY_TASK_ID = t set, train (module, member) = (modules[t // K], t % K).
+    ``resume``: continue from checkpoints (an error when there is nothing to resume).
+    ``force``: retrain the requested members even if finished, and replace a run made with
+    another configuration.
+    """
+    prepared, run = Path(prepared), Path(run)
+    if resume and force:
+        raise CxradError("--resume and --force exclude each other: --resume continues a run, --force restarts it.")
+    _check_config(cfg)
+    device = resolve_device(cfg.device)
+    _check_amp(cfg, device)
+    modules = _modules(cfg)
+    jobs = _jobs(cfg, member)
+    data_np, size = _load_data(prepared, modules, cfg.batch_size)
+    config = run_config(cfg, prepared, size)
+    digest = _digest(to_jsonable(config))
+    new_manifest = _check_run_folder(run, config, force=force, resume=resume)
+
+    status = {job: _member_status(run, *job, digest) for job in jobs}
+    if resume and not any(s == "ckpt" for s, _ in status.values()):
+        if all(s == "done" for s, _ in status.values()):
+            progress.log(f"{run}: the requested members are already trained; nothing to resume.")
+            _finish_if_complete(run, config, digest, device)
+            return run
+        raise CxradError(f"{run}: nothing to resume (no checkpoint of the requested members); start it without --resume.")
+    if not resume and not force:
+        for (module, i), (s, c) in status.items():
+            if s == "ckpt":
+                raise CxradError(
+                    f"{member_checkpoint_path(run, module, i)}: an unfinished training is there (epoch {c['epoch']}/"
+                    f"{cfg.epochs}); continue it with --resume or start over with --force."
+                )
+
+    # ---- from here on we write ----
+    if new_manifest:
+        ensemble_dir(run).mkdir(parents=True, exist_ok=True)
+        (ensemble_dir(run) / MANIFEST_NAME).unlink(missing_ok=True)
+        write_manifest(run, "run", config, inputs={"prepared": config["prepared"]}, device=device_name(device))
+    if force:
+        (ensemble_dir(run) / MANIFEST_NAME).unlink(missing_ok=True)
+        for job in jobs:
+            _remove_member(run, *job)
+        status = {job: ("none", None) for job in jobs}
+    todo = [job for job in jobs if status[job][0] != "done"]
+    if not todo:
+        progress.log(f"{run}: already trained with this configuration (nothing to do); use --force to retrain.")
+        _finish_if_complete(run, config, digest, device)
+        return run
+
+    for module in modules:
+        # Members that start from the same epoch train together as one batched model.
+        groups: dict[int, list[int]] = {}
+        for m, i in todo:
+            if m == module:
+                s, c = status[(m, i)]
+                groups.setdefault(c["epoch"] if s == "ckpt" else 0, []).append(i)
+        if not groups:
+            continue
+        data = torch.from_numpy(data_np[module]).to(device).mul_(2).sub_(1)  # [0,1] -> [-1,1]
+        for start, members in sorted(groups.items()):
+            ckpts = [status[(module, i)][1] for i in members] if start else None
+            _train_group(run, prepared, cfg, config, digest, module, members, ckpts, data, device)
+        del data
+    _finish_if_complete(run, config, digest, device)
+    return run
+
+
+def _train_group(run: Path, prepared: Path, cfg: EnsembleConfig, config: dict, digest: str, module: str,
+                 members: list[int], ckpts: list[dict] | None, data: torch.Tensor, device: torch.device) -> None:
+    seeds = [config["seeds"][module][i] for i in members]
+    arch = dict(size=config["image_size"], latent_dim=cfg.latent_dim, memory_items=cfg.memory_items,
+                shrink_threshold=cfg.shrink_threshold)
+    trainer = GroupTrainer(cfg.backbone, seeds, arch, cfg.lr, cfg.betas, cfg.weight_decay, device, ckpts, amp=cfg.amp)
+    loss_fn = losses.for_backbone(cfg.backbone, cfg.entropy_weight)
+    if ckpts:
+        progress.log(f"{run}: resuming {module} member(s) {members} at epoch {trainer.epoch}")
+        _append_log(run, {"module": module, "members": members, "event": "resumed", "epoch": trainer.epoch})
+    last_saved = {"epoch": trainer.epoch if ckpts else None}
+
+    def save(t: GroupTrainer) -> None:
+        for k, i in enumerate(members):
+            state = t.member_checkpoint(k)
+            state["config_sha256"] = digest
+            with atomic_path(member_checkpoint_path(run, module, i)) as tmp:
+                torch.save(state, tmp)
+        last_saved["epoch"] = t.epoch
+
+    def on_epoch(epoch: int, values: list[float], seconds: float) -> None:
+        for k, i in enumerate(members):
+            _append_log(run, {"module": module, "member": i, "epoch": epoch, "loss": values[k],
+                              "epoch_s": round(seconds, 4)})
+
+    resume_cmd = f"`cxrad train-ensemble {prepared} --run {run} --resume`"
+    try:
+        fit(trainer, data, epochs=cfg.epochs, batch_size=cfg.batch_size, loss_fn=loss_fn,
+            checkpoint_every=cfg.checkpoint_every, save=save, on_epoch=on_epoch,
+            label=f"{module} {cfg.backbone} members {','.join(map(str, members))}")
+    except Diverged as exc:
+        kept = (f"the last good checkpoint (epoch {last_saved['epoch']}) is kept"
+                if last_saved["epoch"] else "no checkpoint was written yet")
+        raise CxradError(
+            f"{run}: {module} {exc} — training stopped; {kept}; lower --lr or check the prepared images, "
+            "then continue with --resume or restart with --force.", exit_code=3) from None
+    except Interrupted as exc:
+        raise CxradError(f"{run}: {module} training {exc}; checkpoint saved; continue with {resume_cmd}.",
+                         exit_code=128 + exc.signum) from None
+
+    for k, i in enumerate(members):
+        weights = member_weights_path(run, module, i)
+        with atomic_path(weights) as tmp:
+            torch.save(trainer.model.member_state_dict(k), tmp)
+        write_json_atomic(member_info_path(run, module, i), {
+            "module": module, "member": i, "seed": seeds[k], "epochs": trainer.epoch,
+            "final_loss": trainer.history[k][-1], "losses": trainer.history[k],
+            "wall_s": round(trainer.wall_s[k], 3), "trained_with": len(members),
+            "device": device_name(device), "config_sha256": digest, "weights_bytes": weights.stat().st_size,
+        })
+        member_checkpoint_path(run, module, i).unlink(missing_ok=True)
+
+
+def _finish_if_complete(run: Path, config: dict, digest: str, device: torch.device) -> None:
+    """Write RUN/ensemble/manifest.json when every member of every module of the run is done."""
+    infos: dict[str, list[dict]] = {}
+    for module in config["modules"]:
+        for i in range(config["members"]):
+            s, info = _member_status(run, module, i, digest)
+            if s != "done":
+                return
+            infos.setdefault(module, []).append(
+                {k: info[k] for k in ("member", "seed", "epochs", "final_loss", "wall_s", "device")})
+    folder = ensemble_dir(run)
+    outputs = [str(member_weights_path(run, m, i).relative_to(folder))
+               for m in config["modules"] for i in range(config["members"])]
+    mpath = folder / MANIFEST_NAME
+    if mpath.is_file() and (read_json(mpath) or {}).get("config") == to_jsonable(config):
+        return
+    write_manifest(folder, "ensemble", config, outputs=outputs, device=device_name(device),
+                   inputs={"run": {"path": str(run.resolve()), "kind": "run",
+                                   "manifest_sha256": sha256_file(run / MANIFEST_NAME)}},
+                   timings={f"{m}/member-{x['member']}": x["wall_s"] for m, xs in infos.items() for x in xs},
+                   extra={"members": infos})
+    progress.log(f"{run}: ensemble complete ({', '.join(config['modules'])} × {config['members']} {config['backbone']})")
+

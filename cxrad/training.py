@@ -1,0 +1,218 @@
+"""The training loop of a batched ensemble: epochs, checkpoints, resume, signals, NaN guard.
+
+One :class:`GroupTrainer` trains K members of one module together (one batched model, one
+optimizer, one shuffling generator per member). Its state splits into one checkpoint per member
+(:meth:`GroupTrainer.member_checkpoint`), so checkpoints written by the batched path and by the
+one-member-per-process path (``--member i``) are the same files and either can resume the other.
+
+Determinism: member k's initial weights depend only on its seed (global RNG forked and seeded
+while it is built), its batch order only on a ``torch.Generator`` seeded with the same seed, and
+nothing else draws random numbers. A checkpoint holds weights, BN statistics, Adam moments and
+step, and the generator state at an epoch boundary, so a resumed run repeats the uninterrupted
+one bit for bit on the same device and thread count.
+
+No file paths here: the stage decides where checkpoints go (``save`` callback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from cxrad import progress
+from cxrad.models.ensemble import BatchedEnsemble, init_members
+
+CHECKPOINT_FORMAT = 1
+
+
+class Diverged(RuntimeError):
+    """A member's epoch loss is NaN or infinite; nothing after the last checkpoint was saved."""
+
+    def __init__(self, epoch: int, member: int, value: float):
+        super().__init__(f"loss of member {member} is {value} at epoch {epoch}")
+        self.epoch, self.member, self.value = epoch, member, value
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM/SIGUSR1 arrived; a checkpoint of the finished epoch was saved before raising."""
+
+    def __init__(self, signum: int, epoch: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}")
+        self.signum, self.epoch = signum, epoch
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, betas: Sequence[float], weight_decay: float):
+    # The fused kernel updates all 13.5 M parameters of a K=3 ensemble in one pass; the default
+    # per-tensor path costs ~4x more on CPU. Adam is elementwise, so grouping does not mix members.
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                            fused=True)
+
+
+class GroupTrainer:
+    """K members of one backbone trained together on one data tensor.
+
+    ``arch``: size, latent_dim, memory_items, shrink_threshold (see BatchedEnsemble).
+    """
+
+    def __init__(self, backbone: str, seeds: Sequence[int], arch: dict, lr: float, betas, weight_decay: float,
+                 device: torch.device, checkpoints: Sequence[dict] | None = None, amp: bool = False):
+        self.backbone, self.seeds, self.device = backbone, list(seeds), device
+        # bf16 autocast of the forward pass (CUDA only); losses are computed in float32.
+        self.amp = amp and device.type == "cuda"
+        k = len(self.seeds)
+        if checkpoints is None:
+            size = arch["size"]
+            rest = {key: v for key, v in arch.items() if key != "size"}
+            self.model = init_members(backbone, self.seeds, size, **rest)
+        else:
+            self.model = BatchedEnsemble(backbone, k, **arch)
+            self.model.load_member_states([c["model"] for c in checkpoints])
+        # channels_last: ~10% faster convolutions on CPU (oneDNN) and what cuDNN prefers; the
+        # batched and the one-member paths stay bit-identical with it (tested).
+        self.model.to(device, memory_format=torch.channels_last).train()
+        self.optimizer = make_optimizer(self.model, lr, betas, weight_decay)
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
+        self.epoch = 0
+        self.history: list[list[float]] = [[] for _ in range(k)]
+        self.wall_s = [0.0] * k
+        if checkpoints is not None:
+            self._restore(checkpoints)
+
+    # ------------------------------------------------------------------------------------------
+    def run_epoch(self, data: torch.Tensor, batch_size: int, loss_fn: Callable) -> list[float]:
+        """One epoch for every member; data (N, s, s) in [-1, 1] on the device -> mean losses (K,).
+
+        Each member draws its own permutation of the N images; batches are slices of it
+        (the last, incomplete batch is dropped). The gather ``data[idx]`` builds the (B, K, s, s)
+        batch of all members in one indexing op: no per-image Python work.
+        """
+        n, k = data.shape[0], self.model.members
+        perms = torch.stack([torch.randperm(n, generator=g) for g in self.generators]).to(self.device)
+        total = torch.zeros(k, device=self.device)
+        steps = n // batch_size
+        for j in range(steps):
+            idx = perms[:, j * batch_size:(j + 1) * batch_size].t()       # (B, K)
+            xk = data[idx]                                                  # (B, K, s, s)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                out = self.model.forward_batches(xk)
+            if self.amp:
+                out = {key: v.float() for key, v in out.items()}
+            loss = loss_fn(out, xk)                                         # (K,)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            self.optimizer.step()
+            total += loss.detach()
+        self.epoch += 1
+        # One device->host sync per epoch, not per step.
+        return (total / max(steps, 1)).tolist()
+
+    # ------------------------------------------------------------------------------------------
+    def member_checkpoint(self, i: int) -> dict:
+        """Everything member i needs to continue exactly: plain tensors and numbers only
+        (loadable with ``torch.load(weights_only=True)``)."""
+        names = [n for n, _ in self.model.named_parameters()]
+        state = self.optimizer.state_dict()["state"]
+        opt: dict[str, dict[str, torch.Tensor]] = {"step": {}, "exp_avg": {}, "exp_avg_sq": {}}
+        for idx, name in enumerate(names):
+            if idx not in state:
+                continue
+            s = state[idx]
+            opt["step"][name] = s["step"].detach().cpu().clone()
+            opt["exp_avg"][name] = self.model.split(name, s["exp_avg"].detach(), i).cpu()
+            opt["exp_avg_sq"][name] = self.model.split(name, s["exp_avg_sq"].detach(), i).cpu()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "backbone": self.backbone,
+            "seed": int(self.seeds[i]),
+            "epoch": self.epoch,
+            "model": self.model.member_state_dict(i),
+            "optimizer": opt,
+            "generator": self.generators[i].get_state(),
+            "history": list(self.history[i]),
+            "wall_s": float(self.wall_s[i]),
+        }
+
+    def _restore(self, checkpoints: Sequence[dict]) -> None:
+        epochs = {c["epoch"] for c in checkpoints}
+        if len(epochs) != 1:
+            raise ValueError(f"checkpoints of one group must share the epoch, got {sorted(epochs)}")
+        self.epoch = epochs.pop()
+        names = [n for n, _ in self.model.named_parameters()]
+        params = dict(self.model.named_parameters())
+        sd = self.optimizer.state_dict()
+        state = {}
+        if checkpoints[0]["optimizer"]["step"]:
+            for idx, name in enumerate(names):
+                # Moments get the parameter's exact layout (channels_last strides included): the
+                # fused kernel walks parameter and moments side by side.
+                state[idx] = {"step": checkpoints[0]["optimizer"]["step"][name].clone()}
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    joined = self.model.join(name, [c["optimizer"][moment][name] for c in checkpoints])
+                    state[idx][moment] = torch.empty_like(params[name]).copy_(joined)
+        sd["state"] = state
+        self.optimizer.load_state_dict(sd)
+        for g, c in zip(self.generators, checkpoints):
+            g.set_state(c["generator"])
+        self.history = [list(c["history"]) for c in checkpoints]
+        self.wall_s = [float(c["wall_s"]) for c in checkpoints]
+
+
+@contextlib.contextmanager
+def stop_requests(signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1)) -> Iterator[dict]:
+    """While active, SIGTERM/SIGUSR1 (SLURM's walltime warnings) only set ``flag["signum"]``;
+    the loop checkpoints at the end of the epoch and stops. Handlers are restored on exit."""
+    flag: dict = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum, _frame):
+        flag["signum"] = signum
+
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def fit(trainer: GroupTrainer, data: torch.Tensor, *, epochs: int, batch_size: int, loss_fn: Callable,
+        checkpoint_every: int, save: Callable[[GroupTrainer], None],
+        on_epoch: Callable[[int, list[float], float], None], label: str) -> None:
+    """Train until ``trainer.epoch == epochs``.
+
+    Calls ``on_epoch(epoch, losses, seconds)`` after every epoch and ``save(trainer)`` every
+    ``checkpoint_every`` epochs and on a stop signal (then raises :class:`Interrupted`). A
+    non-finite loss raises :class:`Diverged` before anything of that epoch is saved.
+    """
+    with stop_requests() as stop, progress.task(label, epochs) as bar:
+        if trainer.epoch:
+            bar.advance(trainer.epoch, info=f"resumed at epoch {trainer.epoch}")
+        start_epoch, t_start = trainer.epoch, time.monotonic()
+        while trainer.epoch < epochs:
+            t0 = time.monotonic()
+            losses = trainer.run_epoch(data, batch_size, loss_fn)
+            dt = time.monotonic() - t0
+            for i, value in enumerate(losses):
+                if not math.isfinite(value):
+                    raise Diverged(trainer.epoch, i, value)
+            for i, value in enumerate(losses):
+                trainer.history[i].append(value)
+                trainer.wall_s[i] += dt
+            on_epoch(trainer.epoch, losses, dt)
+            if trainer.epoch % checkpoint_every == 0 or stop["signum"] is not None:
+                if trainer.epoch < epochs or stop["signum"] is not None:
+                    save(trainer)
+            if stop["signum"] is not None:
+                raise Interrupted(stop["signum"], trainer.epoch)
+            per_epoch = (time.monotonic() - t_start) / (trainer.epoch - start_epoch)
+            eta = per_epoch * (epochs - trainer.epoch)
+            bar.advance(1, info=f"epoch {trainer.epoch}/{epochs} loss "
+                                + " ".join(f"{v:.4f}" for v in losses) + f" ETA {eta:.0f}s")

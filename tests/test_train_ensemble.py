@@ -1,0 +1,211 @@
+"""`cxrad train-ensemble`: run artifact, loader, equivalence of batched and per-member training,
+cluster mode, re-run semantics and one-line errors that write nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from cxrad import losses
+from cxrad.artifacts import write_manifest
+from cxrad.cli import main
+from cxrad.config import EnsembleConfig
+from cxrad.errors import CxradError
+from cxrad.io.store import ImageSet, write_prepared_h5
+from cxrad.models.ensemble import load_ensemble
+from cxrad.run_folder import member_checkpoint_path, member_weights_path, read_ensemble, read_run
+from cxrad.stages.train_ensemble import train_ensemble
+
+FAST = ["--epochs", "2", "--batch-size", "8", "--members", "2", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def cli(args, capsys):
+    """Run the CLI in-process -> (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def weights(run, module, k):
+    return [torch.load(member_weights_path(run, module, i), weights_only=True) for i in range(k)]
+
+
+def test_end_to_end_run_and_loader(prepared_sample32, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = cli(["train-ensemble", prepared_sample32, "--run", run, *FAST], capsys)
+    assert code == 0, err
+    manifest = read_run(run)
+    c = manifest["config"]
+    assert (c["backbone"], c["members"], c["image_size"], c["modules"]) == ("ae", 2, 32, ["ndm", "udm"])
+    assert c["prepared"]["kind"] == "prepared" and "preprocessing" in c
+    seeds = c["seeds"]["ndm"] + c["seeds"]["udm"]
+    assert len(set(seeds)) == 4
+    ens = read_ensemble(run)
+    assert [m["seed"] for m in ens["members"]["ndm"]] == c["seeds"]["ndm"]
+    assert all(m["epochs"] == 2 for m in ens["members"]["udm"])
+    lines = [json.loads(x) for x in (run / "ensemble" / "log.jsonl").read_text().splitlines()]
+    assert len([x for x in lines if "loss" in x]) == 2 * 2 * 2
+    assert not member_checkpoint_path(run, "ndm", 0).exists()  # removed once finished
+
+    model = load_ensemble(run, "udm", "cpu")
+    assert model.backbone == "ae" and not model.training
+    with torch.no_grad():
+        assert model(torch.zeros(3, 1, 32, 32)).shape == (2, 3, 1, 32, 32)
+
+    # Same config again: a no-op that says so; another config: refused, nothing changed.
+    before = (run / "manifest.json").read_bytes()
+    code, out, err = cli(["train-ensemble", prepared_sample32, "--run", run, *FAST], capsys)
+    assert code == 0 and "nothing to do" in err
+    code, out, err = cli(["train-ensemble", prepared_sample32, "--run", run, *FAST, "--lr", "1e-3"], capsys)
+    assert code != 0 and "different configuration" in err and "lr" in err and len(err.strip().splitlines()) == 1
+    assert (run / "manifest.json").read_bytes() == before
+
+
+def test_aeu_loader_returns_mean_and_logvar(prepared_sample32, tmp_path):
+    run = tmp_path / "run"
+    cfg = EnsembleConfig(module="ndm", members=2, backbone="aeu", epochs=1, batch_size=8, device="cpu")
+    train_ensemble(prepared_sample32, run, cfg)
+    model = load_ensemble(run, "ndm")
+    with torch.no_grad():
+        mean, logvar = model(torch.zeros(2, 1, 32, 32))
+    assert mean.shape == logvar.shape == (2, 2, 1, 32, 32)
+    with pytest.raises(CxradError, match="no udm ensemble"):
+        load_ensemble(run, "udm")
+
+
+def test_batched_equals_one_member_per_process(prepared_sample32, tmp_path):
+    """`--member i` processes and the batched ensemble train the same weights (CPU, 2 epochs)."""
+    cfg = EnsembleConfig(members=3, epochs=2, batch_size=8, device="cpu")
+    batched, single = tmp_path / "batched", tmp_path / "single"
+    train_ensemble(prepared_sample32, batched, cfg)
+    for i in range(3):
+        train_ensemble(prepared_sample32, single, cfg, member=i)
+    read_ensemble(single)  # the last member process wrote the ensemble manifest
+    for module in ("ndm", "udm"):
+        for a, b in zip(weights(batched, module, 3), weights(single, module, 3)):
+            for key in a:
+                torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=f"{module} {key}")
+
+
+def test_slurm_array_task_selects_module_and_member(prepared_sample32, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")  # K=3: task 4 -> udm member 1
+    run = tmp_path / "run"
+    train_ensemble(prepared_sample32, run, EnsembleConfig(members=3, epochs=1, batch_size=8, device="cpu"))
+    trained = sorted(p.relative_to(run / "ensemble").as_posix() for p in (run / "ensemble").rglob("*.pt"))
+    assert trained == ["udm/member-1.pt"]
+    assert not (run / "ensemble" / "manifest.json").exists()  # other tasks still missing
+    with pytest.raises(CxradError, match="ensemble is not finished"):
+        load_ensemble(run, "udm")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "6")
+    with pytest.raises(CxradError, match="--array=0-5"):
+        train_ensemble(prepared_sample32, run, EnsembleConfig(members=3, epochs=1, batch_size=8, device="cpu"))
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(prepared_sample32, tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def poisoned(backbone, entropy_weight=0.0):
+        def fn(out, xk):
+            calls["n"] += 1
+            value = losses.mse(out, xk)
+            return value * float("nan") if calls["n"] > 3 * 3 else value  # 3 steps/epoch: epoch 4 is NaN
+        return fn
+
+    monkeypatch.setattr(losses, "for_backbone", poisoned)
+    run = tmp_path / "run"
+    cfg = EnsembleConfig(module="ndm", members=2, epochs=6, batch_size=8, checkpoint_every=2, device="cpu")
+    with pytest.raises(CxradError, match=r"nan at epoch 4.*checkpoint \(epoch 2\) is kept") as info:
+        train_ensemble(prepared_sample32, run, cfg)
+    assert info.value.exit_code != 0
+    ckpt = torch.load(member_checkpoint_path(run, "ndm", 0), weights_only=True)
+    assert ckpt["epoch"] == 2 and not member_weights_path(run, "ndm", 0).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# wrong inputs: one line, exit != 0, nothing written
+# ---------------------------------------------------------------------------------------------
+def _prepared_with_empty_normal(folder, like):
+    from cxrad.io.store import load_split
+
+    unl = load_split(like, "unlabeled")
+    empty = ImageSet(unl.images[:0], unl.labels[:0], [], [], {})
+    folder.mkdir()
+    write_prepared_h5(folder / "data.h5", {"normal": empty, "unlabeled": unl}, [], {"size": 32})
+    write_manifest(folder, "prepared", {"size": 32}, outputs=["data.h5"])
+    return folder
+
+
+def _snapshot(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else None
+
+
+@pytest.mark.parametrize("case", ["non_run_folder", "wrong_kind", "wrong_schema", "empty_normal", "members_1",
+                                  "cuda_without_gpu", "resume_nothing", "bad_backbone", "amp_on_cpu"])
+def test_wrong_inputs_are_one_line_errors(case, prepared_sample32, tmp_path, capsys):
+    prepared, run = prepared_sample32, tmp_path / "run"
+    extra: list[str] = []
+    if case == "non_run_folder":
+        run.mkdir()
+        (run / "notes.txt").write_text("mine")
+    elif case == "wrong_kind":
+        prepared = tmp_path / "other"
+        prepared.mkdir()
+        write_manifest(prepared, "maps", {})
+    elif case == "wrong_schema":
+        prepared = tmp_path / "old"
+        shutil.copytree(prepared_sample32, prepared)
+        m = json.loads((prepared / "manifest.json").read_text())
+        m["schema_version"] = 99
+        (prepared / "manifest.json").write_text(json.dumps(m))
+    elif case == "empty_normal":
+        prepared = _prepared_with_empty_normal(tmp_path / "empty", prepared_sample32)
+    elif case == "members_1":
+        extra = ["--members", "1"]
+    elif case == "cuda_without_gpu":
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible")
+        extra = ["--device", "cuda"]
+    elif case == "resume_nothing":
+        extra = ["--resume"]
+    elif case == "bad_backbone":
+        extra = ["--backbone", "vae"]
+    elif case == "amp_on_cpu":
+        extra = ["--amp"]
+    before = _snapshot(run)
+    args = ["train-ensemble", prepared, "--run", run, "--epochs", "1", "--batch-size", "8", "--device", "cpu", *extra]
+    code, out, err = cli(args, capsys)
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1 and err.startswith("cxrad: error: "), err
+    assert _snapshot(run) == before
+
+
+def test_read_run_rejects_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(CxradError, match=r"not a cxrad run \(no run manifest\); create it with `cxrad train-ensemble"):
+        read_run(tmp_path)
+
+
+def test_force_retrains_and_resume_force_exclude(prepared_sample32, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train-ensemble", prepared_sample32, "--run", run, "--module", "ndm", "--epochs", "1",
+            "--batch-size", "8", "--members", "2", "--device", "cpu"]
+    assert cli(args, capsys)[0] == 0
+    code, _, err = cli([*args, "--lr", "1e-3", "--force"], capsys)
+    assert code == 0, err
+    assert read_ensemble(run)["config"]["lr"] == 1e-3
+    code, _, err = cli([*args, "--resume", "--force"], capsys)
+    assert code != 0 and "exclude" in err
