@@ -144,6 +144,7 @@ def train_ensemble(
     member: Optional[int] = typer.Option(None, "--member", help="Train only member i (one process per member; "
                                          "default under SLURM: from SLURM_ARRAY_TASK_ID)."),
     device: str = typer.Option(E.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    amp: bool = typer.Option(E.amp, "--amp/--no-amp", help="bf16 mixed precision (CUDA only; off by default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoints."),
     force: bool = typer.Option(False, "--force", help="Retrain finished members / replace a different run."),
 ) -> None:
@@ -151,7 +152,7 @@ def train_ensemble(
     from cxrad.stages.train_ensemble import train_ensemble as run_train
 
     cfg = EnsembleConfig(module=module, members=members, backbone=backbone, epochs=epochs, batch_size=batch_size,
-                         lr=lr, seed=seed, checkpoint_every=checkpoint_every, device=device)
+                         lr=lr, seed=seed, checkpoint_every=checkpoint_every, device=device, amp=amp)
     typer.echo(run_train(prepared, run, cfg, member=member, resume=resume, force=force))
 
 
@@ -249,12 +250,40 @@ def run_cmd(
         for s in result["steps"]:
             typer.echo(f"{s['action']:>6}  {s['name']:<16} {s['reason']}  ->  {s['output']}")
     elif result["metrics"]:
-        from cxrad.report.tables import print_metrics_table
+        evaluated_now = any(s["name"] == "evaluate" and s["action"] != "skip" for s in result["steps"])
+        if not evaluated_now:  # `cxrad evaluate` prints the table itself when it runs
+            from cxrad.report.tables import print_metrics_table
 
-        print_metrics_table(result["metrics"])
+            print_metrics_table(result["metrics"])
         typer.echo(f"report: {Path(result['run']) / 'eval'}")
     typer.echo(f"prepared data: {result['prepared']}")
     typer.echo(f"run: {result['run']}")
+
+
+# --------------------------------------------------------------------------------------------
+# predict: new studies with a finished run
+# --------------------------------------------------------------------------------------------
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="A finished run folder (ensembles + ASR-Net)."),
+    inputs: List[Path] = typer.Argument(..., help="DICOM/PNG/JPEG files or folders (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for predictions.csv, rejects.csv, overlays/."),
+    num_shards: int = typer.Option(D.num_shards, "--num-shards", help="Split the inputs into N shards ..."),
+    shard_id: int = typer.Option(D.shard_id, "--shard-id", help="... and score shard k (0-based)."),
+    overlays: bool = typer.Option(D.overlays, "--overlays/--no-overlays", help="Write one heat-map PNG per image."),
+    device: str = typer.Option(D.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    force: bool = typer.Option(False, "--force", help="Replace existing predictions at --out."),
+) -> None:
+    """Score new studies; exit code 1 when some inputs were rejected (they are listed in rejects.csv)."""
+    from cxrad.stages.predict import predict as run_predict
+
+    cfg = PredictConfig(num_shards=num_shards, shard_id=shard_id, overlays=overlays, device=device)
+    result = run_predict(run, inputs, out, cfg, force=force)
+    typer.echo(f"scored {result.predicted} image(s), rejected {len(result.rejected)}; decision by "
+               f"{result.decision_score} > {result.threshold:.4g}")
+    typer.echo(f"predictions: {result.out / 'predictions.csv'}")
+    if result.rejected:
+        raise typer.Exit(1)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -95,6 +95,11 @@ class RefineConfig:
                                         # images' maps ("none" = reference: raw maps, ~1e-2 scale)
     ema_decay: float = 0.999            # keep an exponential moving average of the weights (0 = off);
                                         # warm-up min(decay, (1+t)/(10+t)) so short runs are not stuck at init
+    clip_quantile: float = 0.0          # >0: clip each input channel at this quantile of its values on
+                                        # the normal training images' maps (recorded); 0 = off
+    level_jitter: tuple[float, float] = (1.0, 1.0)  # per-sample, per-channel gain on the input maps,
+                                        # log-uniform in [lo, hi]: the ensembles memorise Dn, so maps of
+                                        # unseen images sit 1.2-1.9x higher than Dn maps; (1, 1) = off
     precise_bn: bool = True             # recompute BatchNorm statistics of the kept weights over one
                                         # full synthetic epoch (the running stats of batch-8 training are
                                         # those of the last ~10 batches)

@@ -33,3 +33,45 @@ def prepared_sample(tmp_path_factory) -> Path:
 def prepared_sample32(tmp_path_factory) -> Path:
     """The same at 32 px, for fast training tests."""
     return _build_prepared(tmp_path_factory.mktemp("prepared") / "sample32", 32)
+
+
+TINY_TOML = """
+[data]
+source = "{sample}"
+labels = "{sample}/labels.csv"
+name = "sample32"
+[run]
+name = "{run_name}"
+refine_inputs = ["dual", "intra"]
+[prepare]
+size = 32
+[ensemble]
+members = 2
+epochs = {epochs}
+batch_size = 16
+checkpoint_every = 1
+[synthesize]
+epochs = 2
+[refine]
+epochs = 1
+"""
+
+
+def tiny_config(folder: Path, run_name: str = "tiny", epochs: int = 2) -> Path:
+    """A pipeline TOML on sample_data at 32 px with tiny epochs (seconds on 2 CPU cores)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{run_name}.toml"
+    path.write_text(TINY_TOML.format(sample=SAMPLE.as_posix(), run_name=run_name, epochs=epochs))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict:
+    """A finished tiny pipeline run: {"config", "workdir", "run", "prepared", "result"}."""
+    from cxrad.stages.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("tiny")
+    config = tiny_config(root)
+    result = run_pipeline(config, root / "work")
+    return {"config": config, "workdir": root / "work", "run": Path(result["run"]),
+            "prepared": Path(result["prepared"]), "result": result}

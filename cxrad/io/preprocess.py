@@ -74,6 +74,19 @@ def parameters(cfg: Any) -> dict[str, Any]:
             "order": ["modality LUT (rescale)", "VOI LUT or window" if cfg.voi_lut else "no VOI",
                       "invert MONOCHROME1 / Presentation LUT Shape INVERSE"],
             "voi_lut": cfg.voi_lut,
+            "allow_modality": list(cfg.allow_modality),
         },
         "store_dtype": cfg.store_dtype,
     }
+
+
+def config_from_parameters(params: dict[str, Any]) -> Any:
+    """The PrepareConfig that reproduces recorded ``parameters`` (so `predict` reads new files exactly
+    as `prepare` read the training data)."""
+    from cxrad.config import PrepareConfig
+
+    dicom = params.get("dicom", {})
+    return PrepareConfig(size=int(params["size"]), intensity=params["intensity"],
+                         percentiles=tuple(params["percentiles"]), crop=params["crop"],
+                         voi_lut=bool(dicom.get("voi_lut", True)),
+                         allow_modality=tuple(dicom.get("allow_modality", ())))

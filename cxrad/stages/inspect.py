@@ -16,6 +16,7 @@ SUMMARIZERS = {
     "synth": "cxrad.stages.synthesize:summarize_synth",
     "refine": "cxrad.stages.refine:summarize_refine",
     "eval": "cxrad.stages.evaluate:summarize_eval",
+    "predictions": "cxrad.stages.predict:summarize_predictions",
 }
 
 

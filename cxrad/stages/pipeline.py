@@ -147,7 +147,7 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
         raise CxradError(f"{cfg_path}: {exc}") from None
 
 
-def _status(folder: Path, kind: str, checkpoint_glob: str | None = None) -> tuple[str, str]:
+def _status(folder: Path, kind: str, has_checkpoint: Callable[[], bool] | None = None) -> tuple[str, str]:
     """("skip"|"resume"|"run", why) for one stage output."""
     if is_valid(folder, kind):
         return "skip", "valid output exists"
@@ -156,7 +156,7 @@ def _status(folder: Path, kind: str, checkpoint_glob: str | None = None) -> tupl
             read_manifest(folder, kind)
         except CxradError as exc:
             return "run", f"existing output not usable ({exc})"
-    if checkpoint_glob and folder.is_dir() and any(folder.glob(checkpoint_glob)):
+    if has_checkpoint is not None and has_checkpoint():
         return "resume", "interrupted: checkpoint found"
     return "run", "no output yet" if not folder.exists() else "unfinished output"
 
@@ -168,13 +168,13 @@ def plan(cfg: PipelineConfig, workdir: Path, force: bool = False) -> list[Step]:
     from cxrad.stages.refine import refine
     from cxrad.stages.score import score
     from cxrad.stages.synthesize import synthesize
-    from cxrad.stages.train_ensemble import train_ensemble
+    from cxrad.stages.train_ensemble import has_checkpoints, train_ensemble
 
     prepared = workdir / "prepared" / cfg.data_name
     run = workdir / "runs" / cfg.run_name
     steps: list[Step] = []
 
-    def add(name: str, output: Path, kind: str, call: Callable[[bool], Any], ckpt: str | None = None):
+    def add(name: str, output: Path, kind: str, call: Callable[[bool], Any], ckpt: Callable[[], bool] | None = None):
         action, why = _status(output, kind, ckpt)
         if force and action == "skip":
             action, why = "run", "--force"
@@ -185,12 +185,13 @@ def plan(cfg: PipelineConfig, workdir: Path, force: bool = False) -> list[Step]:
                            split_file=cfg.split_file, force=force))
     add("train-ensemble", run / "ensemble", "ensemble",
         lambda r: train_ensemble(prepared, run, cfg.ensemble, resume=r, force=force and not r),
-        ckpt="*/*.ckpt")
+        ckpt=lambda: has_checkpoints(run, cfg.ensemble))
     add("synthesize", run / "synth", "synth", lambda _r: synthesize(run, cfg.synthesize, force=force))
     for mode in cfg.refine_inputs:
         rcfg = dataclasses.replace(cfg.refine, inputs=mode)
         add(f"refine ({mode})", run / "refine" / mode, "refine",
-            lambda r, rcfg=rcfg: refine(run, rcfg, resume=r, force=force and not r), ckpt="*.ckpt")
+            lambda r, rcfg=rcfg: refine(run, rcfg, resume=r, force=force and not r),
+            ckpt=lambda mode=mode: any((run / "refine" / mode).glob("*.ckpt")))
     add("score", run / "maps", "maps", lambda _r: score(run, cfg.score, force=force))
     add("evaluate", run / "eval", "eval", lambda _r: evaluate(run, cfg.evaluate, force=force))
     return steps

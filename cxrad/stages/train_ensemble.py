@@ -197,6 +197,12 @@ def _check_run_folder(run: Path, config: dict, *, force: bool, resume: bool) -> 
     return True
 
 
+def has_checkpoints(run: Path, cfg: EnsembleConfig, member: int | None = None) -> bool:
+    """Whether a member this process would train (all, `member`, or the SLURM array task's) has a
+    checkpoint to resume: how `cxrad run` decides between a fresh start and ``resume=True``."""
+    return any(member_checkpoint_path(run, m, i).is_file() for m, i in _jobs(cfg, member))
+
+
 def _member_status(run: Path, module: str, i: int, digest: str) -> tuple[str, dict | None]:
     """'done' (weights + info of this config), 'ckpt' (a checkpoint to resume) or 'none'."""
     info = read_json(member_info_path(run, module, i))

@@ -1,0 +1,223 @@
+"""ZhangLab-OCSSL-64 benchmark (../shared/benchmarks/zhanglab-ocssl.md).
+
+Runs prepare → train-ensemble → synthesize → refine (dual, intra) → score → evaluate through the
+stage API for one backbone / epoch budget / seed, and appends one JSON line per run (metrics,
+per-stage wall times, device, peak memory) to benchmarks/results/zhanglab.jsonl.
+
+    python benchmarks/zhanglab.py --variant short                      # AE, 30/5 epochs, K = 3
+    python benchmarks/zhanglab.py --variant full --backbone aeu        # 250/100 epochs (GPU)
+
+Stability study (ASR stage only, on the run's frozen ensembles): ``--study-seeds 0,1,2`` trains
+R_dual again per seed (FPI recipes and ASR init both from the seed) for each ``--study-variants``
+(cxrad = the shipped defaults; reference = raw maps, no EMA, no precise BN) and appends one line
+per (variant, seed) to benchmarks/results/zhanglab-stability.jsonl. Test AUC is computed after
+every epoch FOR THE REPORT ONLY — nothing is selected with it; the model kept is always the last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+RESULTS = REPO / "benchmarks" / "results"
+VARIANTS = {"short": (30, 5), "full": (250, 100)}
+REFINE_VARIANTS = {
+    "cxrad": {},
+    "reference": {"normalize": "none", "ema_decay": 0.0, "precise_bn": False},
+    "norm-only": {"ema_decay": 0.0, "precise_bn": False},
+    "ema-bn-only": {"normalize": "none"},
+    "jitter": {"level_jitter": (1.0, 2.0)},
+    "jitter-wide": {"level_jitter": (0.5, 3.0)},
+    "clip99": {"clip_quantile": 0.99},
+}
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def _append(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="short")
+    ap.add_argument("--backbone", choices=("ae", "memae", "aeu"), default="ae")
+    ap.add_argument("--epochs", type=int, help="reconstruction epochs (default: from --variant)")
+    ap.add_argument("--asr-epochs", type=int, help="ASR-Net epochs (default: from --variant)")
+    ap.add_argument("--members", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--workdir", type=Path, default=REPO / "cxrad-work" / "bench")
+    ap.add_argument("--source", type=Path, default=SHARED / "data" / "kermany-pneumonia-224" / "kermany_pneumonia_224.tar")
+    ap.add_argument("--labels", type=Path, default=SHARED / "benchmarks" / "zhanglab-ocssl.csv")
+    ap.add_argument("--log-epoch-auc", action="store_true",
+                    help="also log R_dual/R_intra test AUC after each ASR epoch (analysis only, never used to select)")
+    ap.add_argument("--study-seeds", default="", help="e.g. 0,1,2: ASR stability study after the pipeline")
+    ap.add_argument("--study-variants", default="cxrad,reference")
+    ap.add_argument("--skip-pipeline", action="store_true", help="only the study, on an existing run")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cxrad.config import EnsembleConfig, EvaluateConfig, PrepareConfig, RefineConfig, ScoreConfig, SynthConfig
+    from cxrad.devices import device_name, resolve_device
+
+    epochs, asr_epochs = VARIANTS[args.variant]
+    epochs = args.epochs or epochs
+    asr_epochs = args.asr_epochs or asr_epochs
+    device = resolve_device(args.device)
+    prepared = args.workdir / "prepared" / "zhanglab-ocssl-64"
+    run = args.workdir / "runs" / f"{args.backbone}-e{epochs}-a{asr_epochs}-k{args.members}-s{args.seed}"
+    cfgs = {
+        "prepare": PrepareConfig(size=64, workers=max(1, args.threads)),
+        "ensemble": EnsembleConfig(backbone=args.backbone, members=args.members, epochs=epochs, seed=args.seed,
+                                   device=args.device),
+        "synth": SynthConfig(epochs=asr_epochs, seed=args.seed),
+        "refine": RefineConfig(epochs=asr_epochs, seed=args.seed, device=args.device),
+        "score": ScoreConfig(split="test", device=args.device),
+        "evaluate": EvaluateConfig(device=args.device),
+    }
+    if not args.skip_pipeline:
+        record = run_pipeline(args, prepared, run, cfgs, device, device_name(device), asr_epochs)
+        _append(args.results / "zhanglab.jsonl", record)
+        print(json.dumps({k: record[k] for k in ("auc", "ap", "timings_s")}, indent=1))
+    if args.study_seeds:
+        study(args, run, cfgs["refine"], [int(s) for s in args.study_seeds.split(",")],
+              args.study_variants.split(","), asr_epochs, device_name(device))
+    return 0
+
+
+def _epoch_logger(test_maps, labels, store: list):
+    """on_epoch callback: test AUC/AP of the kept model after each epoch — analysis only."""
+    from cxrad.metrics import auc, average_precision
+    from cxrad.stages.refine import refined_maps
+
+    def cb(epoch, asr):
+        s = refined_maps(asr, test_maps).reshape(len(labels), -1).mean(1)
+        store.append({"epoch": epoch, "auc": auc(labels, s), "ap": average_precision(labels, s)})
+        print(f"  [analysis only] epoch {epoch}: test AUC {100 * store[-1]['auc']:.1f}", flush=True)
+    return cb
+
+
+def _test_maps(run: Path, device):
+    from cxrad.ensemble_maps import maps_of_images, open_run
+    from cxrad.io.store import load_split
+
+    ens = open_run(run, device)
+    test = load_split(ens.prepared, "test")
+    m = maps_of_images(ens, test.images)
+    return {k: v for k, v in m.items() if not k.startswith("score/")}, test.labels
+
+
+def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: str, asr_epochs: int) -> dict:
+    from cxrad.stages.evaluate import evaluate
+    from cxrad.stages.prepare import prepare
+    from cxrad.stages.refine import refine
+    from cxrad.stages.score import score
+    from cxrad.stages.synthesize import synthesize
+    from cxrad.stages.train_ensemble import train_ensemble
+
+    timings: dict[str, float] = {}
+    per_epoch: dict[str, list] = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        timings[name] = round(time.perf_counter() - t0, 2)
+        print(f"[{name}] {timings[name]:.1f} s", flush=True)
+        return out
+
+    timed("prepare", lambda: prepare(args.source, prepared, cfgs["prepare"], labels=args.labels))
+    timed("train-ensemble", lambda: train_ensemble(prepared, run, cfgs["ensemble"]))
+    timed("synthesize", lambda: synthesize(run, cfgs["synth"]))
+    test_maps = _test_maps(run, device) if args.log_epoch_auc else None
+    for mode in ("dual", "intra"):
+        cb = None
+        if test_maps is not None:
+            per_epoch[f"R_{mode}"] = []
+            cb = _epoch_logger(test_maps[0], test_maps[1], per_epoch[f"R_{mode}"])
+        rcfg = dataclasses.replace(cfgs["refine"], inputs=mode)
+        timed(f"refine-{mode}", lambda rcfg=rcfg, cb=cb: refine(run, rcfg, on_epoch=cb))
+    timed("score", lambda: score(run, cfgs["score"]))
+    metrics = timed("evaluate", lambda: evaluate(run, cfgs["evaluate"]))
+    timings["total"] = round(sum(timings.values()), 2)
+    return {
+        "benchmark": "ZhangLab-OCSSL-64", "variant": args.variant, "backbone": args.backbone,
+        "epochs": cfgs["ensemble"].epochs, "asr_epochs": asr_epochs, "members": args.members, "seed": args.seed,
+        "device": dev_name, "host": platform.node(), "threads": args.threads, "commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(run),
+        "auc": {k: round(100 * v["auc"], 2) for k, v in metrics["scores"].items()},
+        "ap": {k: round(100 * v["ap"], 2) for k, v in metrics["scores"].items()},
+        "metrics": metrics["scores"], "timings_s": timings, "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "per_epoch_test_auc_analysis_only": per_epoch,
+        "ensemble_seconds_per_epoch": _ensemble_epoch_times(run),
+    }
+
+
+def _ensemble_epoch_times(run: Path) -> dict:
+    """Mean wall seconds per epoch of each module's members, from the ensemble manifest."""
+    try:
+        m = json.loads((run / "ensemble" / "manifest.json").read_text())
+        epochs = m["config"]["epochs"]
+        return {mod: round(sum(x["wall_s"] for x in xs) / len(xs) / epochs, 2) for mod, xs in m["members"].items()}
+    except Exception:
+        return {}
+
+
+def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_epochs: int, dev_name: str) -> None:
+    from cxrad.config import SynthConfig
+    from cxrad.metrics import auc
+    from cxrad.devices import resolve_device
+    from cxrad.stages.refine import refine
+    from cxrad.stages.synthesize import synthesize
+
+    device = resolve_device(args.device)
+    test_maps, labels = _test_maps(run, device)
+    base = {k: round(100 * auc(labels, test_maps[k].reshape(len(labels), -1).mean(1)), 2)
+            for k in ("A_rec", "A_intra", "A_inter")}
+    for seed in seeds:  # seeds outer: a partial study still compares the variants seed by seed
+        for variant in variants:
+            synth = run / "study" / f"synth-s{seed}"
+            synthesize(run, SynthConfig(epochs=asr_epochs, seed=seed), out=synth)
+            log: list = []
+            cfg = dataclasses.replace(base_cfg, inputs="dual", seed=seed, **REFINE_VARIANTS[variant])
+            t0 = time.perf_counter()
+            refine(run, cfg, synth=synth, out=run / "study" / f"refine-{variant}-dual-s{seed}",
+                   on_epoch=_epoch_logger(test_maps, labels, log), force=True)
+            rec = {"benchmark": "ZhangLab-OCSSL-64", "run": str(run), "variant": variant, "inputs": "dual",
+                   "seed": seed, "asr_epochs": asr_epochs, "refine_config": dataclasses.asdict(cfg),
+                   "final_auc": round(100 * log[-1]["auc"], 2), "final_ap": round(100 * log[-1]["ap"], 2),
+                   "per_epoch_test_auc_analysis_only": [round(100 * r["auc"], 2) for r in log],
+                   "baseline_auc": base, "seconds": round(time.perf_counter() - t0, 1), "device": dev_name,
+                   "commit": _git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            _append(args.results / "zhanglab-stability.jsonl", rec)
+            print(json.dumps({k: rec[k] for k in ("variant", "seed", "final_auc", "per_epoch_test_auc_analysis_only")}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

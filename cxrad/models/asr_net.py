@@ -1,0 +1,67 @@
+"""ASR-Net (anomaly score refinement, DESIGN §1.1), its focal loss and its input normalisation.
+
+The network is the reference's three 3×3 convolutions; what it eats is our choice: each input map
+channel is divided by a fixed scale measured on the maps of the normal training images (recorded
+in the refine artifact), because raw discrepancy maps are ~1e-2 with a run-dependent scale — so
+small that BatchNorm's ε dominates the first layer's variance and train/eval statistics disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# channel order of the reference: dual = [A_inter, A_intra]
+INPUT_CHANNELS = {"dual": ("A_inter", "A_intra"), "intra": ("A_intra",)}
+
+
+class ASRNet(nn.Module):
+    """Conv3×3(in→c) → BN → ReLU → Conv3×3(c→c) → BN → ReLU → Conv3×3(c→2), padding 1.
+
+    forward: (B, in, H, W) -> logits (B, 2, H, W); channel 1 of the softmax = anomaly probability.
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 128):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 2, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def anomaly_probability(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) logits -> (B, H, W) probability of the anomaly class."""
+    return torch.softmax(logits.float(), dim=1)[:, 1]
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Mean over pixels of −(1 − p_t)^γ log p_t, no class weighting (Lin et al. 2017).
+
+    logits (B, 2, H, W), target (B, H, W) in {0, 1} -> scalar.
+    """
+    logp = F.log_softmax(logits.float(), dim=1)
+    logp_t = logp.gather(1, target.long()[:, None])[:, 0]
+    p_t = logp_t.exp()
+    return (-(1 - p_t) ** gamma * logp_t).mean()
+
+
+def asr_inputs(maps: dict[str, torch.Tensor], inputs: str, scales: Sequence[float] | None = None,
+               clip: Sequence[float] | None = None) -> torch.Tensor:
+    """Stack the maps ASR-Net reads, each clipped at ``clip`` (raw units), then divided by its scale.
+
+    maps: name -> (B, H, W) -> (B, C, H, W).
+    """
+    names = INPUT_CHANNELS[inputs]
+    x = torch.stack([maps[n].float() for n in names], dim=1)
+    if clip is not None:
+        x = torch.minimum(x, torch.as_tensor(list(clip), dtype=x.dtype, device=x.device)[None, :, None, None])
+    if scales is not None:
+        x = x / torch.as_tensor(list(scales), dtype=x.dtype, device=x.device)[None, :, None, None]
+    return x

@@ -1,0 +1,223 @@
+"""`cxrad predict`: score new studies with a finished run.
+
+Files are read exactly as `prepare` read the run's training data (same reader, rejects and
+preprocessing, rebuilt from the parameters the run recorded), passed through the frozen
+ensembles and ASR-Nets, and written as ``predictions.csv`` (one row per image: every score and
+the run's threshold decision), ``rejects.csv`` and one PNG overlay per image.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrad import progress
+from cxrad.artifacts import (atomic_path, begin_output, finish_output, input_record, is_valid, read_manifest,
+                             write_bytes_atomic, write_manifest)
+from cxrad.config import PredictConfig
+from cxrad.devices import device_name, resolve_device
+from cxrad.errors import CxradError
+from cxrad.io.preprocess import config_from_parameters
+from cxrad.io.sources import Entry, Locator
+
+IMAGE_SUFFIXES = {".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ""}
+PRIMARY = ("R_dual", "R_intra", "A_inter", "A_intra", "A_rec")   # which score makes the decision
+
+
+@dataclass
+class PredictResult:
+    out: Path
+    predicted: int
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    decision_score: str = ""
+    threshold: float = float("nan")
+
+
+def collect_inputs(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files and folders (recursively: DICOM/PNG/JPEG and extension-less files) in a stable order.
+
+    A path that does not exist is a reject, not an error: the rest of the archive is still scored.
+    """
+    files: list[Path] = []
+    rejects: list[tuple[str, str]] = []
+    for p in inputs:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                           and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                rejects.append((str(p), "folder holds no DICOM/PNG/JPEG files"))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            rejects.append((str(p), "no such file or folder"))
+    seen: set[Path] = set()
+    unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    return unique, rejects
+
+
+def shard(files: list[Path], num_shards: int, shard_id: int) -> list[Path]:
+    """Round-robin share ``shard_id`` of ``num_shards`` (files already in a stable order)."""
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise CxradError(f"--num-shards {num_shards} --shard-id {shard_id}: need 0 <= shard-id < num-shards.")
+    return files[shard_id::num_shards]
+
+
+def _check_run_complete(run: Path) -> dict[str, Path]:
+    """The run's ASR folders; refuse a run whose stages are missing, naming the step."""
+    read_manifest(run, "run")
+    if not is_valid(run / "ensemble", "ensemble"):
+        raise CxradError(f"{run}: ensembles not trained (no valid {run / 'ensemble'}); run `cxrad train-ensemble` first.")
+    refiners = {f"R_{m}": run / "refine" / m for m in ("dual", "intra") if is_valid(run / "refine" / m, "refine")}
+    if not refiners:
+        raise CxradError(f"{run}: no trained ASR-Net (no valid {run / 'refine'}/dual or intra); run `cxrad refine` first.")
+    return refiners
+
+
+def _thresholds(run: Path, ens, refiners: dict[str, Any], device) -> tuple[dict[str, float], str]:
+    """Per-score decision thresholds: from `cxrad evaluate` when it ran, else from the normal
+    training images now (the same rule: their 95th percentile) — never from test labels."""
+    metrics_file = run / "eval" / "metrics.json"
+    if is_valid(run / "eval", "eval") and metrics_file.is_file():
+        m = json.loads(metrics_file.read_text())["scores"]
+        return {k: float(v["threshold"]) for k, v in m.items()}, "cxrad evaluate (normal training images)"
+    from cxrad.config import EvaluateConfig
+    from cxrad.ensemble_maps import maps_of_images
+    from cxrad.io.store import load_split
+    from cxrad.metrics import normal_threshold
+    from cxrad.stages.refine import refined_maps
+
+    pct = EvaluateConfig().threshold_percentile
+    normal = load_split(ens.prepared, "normal").images
+    maps = maps_of_images(ens, normal)
+    thr = {k[6:]: normal_threshold(v, pct) for k, v in maps.items() if k.startswith("score/")}
+    for name, asr in refiners.items():
+        thr[name] = normal_threshold(refined_maps(asr, maps, device).reshape(len(normal), -1).mean(1), pct)
+    return thr, f"{pct:g}th percentile of the normal training images' scores"
+
+
+def _overlay_png(image01: np.ndarray, heat01: np.ndarray, path: Path, scale: int = 4) -> None:
+    """Image and its heat map blended side by side, upsampled ``scale``× (nearest) for viewing."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    gray = np.repeat((np.clip(image01, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    colour = (colormaps["jet"](np.clip(heat01, 0, 1))[..., :3] * 255).astype(np.uint8)
+    blend = (0.55 * gray + 0.45 * colour).astype(np.uint8)
+    both = np.concatenate([gray, np.full((gray.shape[0], 2, 3), 255, np.uint8), blend], axis=1)
+    im = Image.fromarray(both).resize((both.shape[1] * scale, both.shape[0] * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
+def _safe_name(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.strip("/"))[-150:] or "image"
+
+
+def predict(run: Path, inputs: list[Path], out: Path, cfg: PredictConfig, force: bool = False,
+            workers: int | None = None) -> PredictResult:
+    """Score files/folders ``inputs`` with finished run ``run`` and write the results to ``out``.
+
+    With ``cfg.num_shards > 1`` this process handles share ``cfg.shard_id`` and writes to
+    ``out/shard-<k>-of-<n>/``.
+    """
+    from cxrad.ensemble_maps import open_run, to_network_space
+    from cxrad.stages.prepare import _decode_all, default_workers
+    from cxrad.stages.refine import load_asr, refined_maps
+
+    run, out = Path(run), Path(out)
+    refiner_dirs = _check_run_complete(run)
+    if not inputs:
+        raise CxradError("cxrad predict: no INPUT given; pass DICOM/PNG/JPEG files or folders.")
+    if cfg.num_shards > 1:
+        out = out / f"shard-{cfg.shard_id}-of-{cfg.num_shards}"
+    files, rejects = collect_inputs(inputs)
+    for path, why in rejects:
+        progress.log(f"rejected {path}: {why}")
+    files = shard(files, cfg.num_shards, cfg.shard_id)
+    config = {"run": input_record(run), "inputs": [str(Path(p).resolve()) for p in inputs],
+              "predict": cfg}
+    if not begin_output(out, "predictions", config, force=force):
+        progress.log(f"cxrad predict: {out} is up to date; nothing to do (use --force to redo).")
+        m = read_manifest(out, "predictions")
+        return PredictResult(out, m["summary"]["predicted"],
+                             [tuple(r) for r in m["summary"]["rejects"]], m["summary"]["decision_score"],
+                             m["summary"]["threshold"])
+
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    run_manifest = read_manifest(run, "run")
+    prep_cfg = config_from_parameters(run_manifest["config"]["preprocessing"])
+    entries = [Entry(id=str(f), loc=Locator(str(f)), label=-1, split="") for f in files]
+    images, info = _decode_all(entries, prep_cfg, workers or default_workers())
+    ok = [i for i, im in enumerate(images) if im is not None]
+    rejects += [(entries[i].id, str(info[i])) for i, im in enumerate(images) if im is None]  # logged by the decoder
+
+    ens = open_run(run, device, command="cxrad predict")
+    asrs = {name: load_asr(folder, device) for name, folder in refiner_dirs.items()}
+    thresholds, threshold_source = _thresholds(run, ens, asrs, device)
+    decision = next(k for k in PRIMARY if k in thresholds and (k in asrs or k.startswith("A_")))
+
+    scores: dict[str, list[float]] = {}
+    heat: list[np.ndarray] = []
+    pixels = np.stack([np.asarray(images[i], np.float32) for i in ok]) if ok else np.zeros((0, 1, 1), np.float32)
+    batch = 64
+    with progress.task("predict: scoring", len(ok)) as bar:
+        for s in range(0, len(ok), batch):
+            x = to_network_space(torch.as_tensor(pixels[s:s + batch], device=device))
+            maps = {k: v.float().cpu().numpy() for k, v in ens.maps(x).items()}
+            for name in ("A_rec", "A_intra", "A_inter"):
+                if name in maps:
+                    scores.setdefault(name, []).extend(maps[name].reshape(len(x), -1).mean(1).tolist())
+            refined = {name: refined_maps(asr, maps, device) for name, asr in asrs.items()}
+            for name, r in refined.items():
+                scores.setdefault(name, []).extend(r.reshape(len(x), -1).mean(1).tolist())
+            key = "R_dual" if "R_dual" in refined else "R_intra"
+            heat.extend(refined[key])
+            bar.advance(len(x))
+
+    names = [k for k in ("A_rec", "A_intra", "A_inter", "R_intra", "R_dual") if k in scores]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", *names, "decision_score", "threshold", "abnormal", "overlay"])
+    overlay_dir = out / "overlays"
+    if cfg.overlays and ok:
+        overlay_dir.mkdir(parents=True, exist_ok=True)
+    outputs = ["predictions.csv", "rejects.csv"]
+    for j, i in enumerate(ok):
+        value = scores[decision][j]
+        overlay = ""
+        if cfg.overlays:
+            overlay = f"overlays/{j:06d}_{_safe_name(entries[i].id)}.png"
+            _overlay_png(pixels[j], heat[j], out / overlay)
+        w.writerow([entries[i].id, *(repr(float(scores[n][j])) for n in names), decision,
+                    repr(thresholds[decision]), int(value > thresholds[decision]), overlay])
+    write_bytes_atomic(out / "predictions.csv", buf.getvalue().encode())
+    rbuf = io.StringIO()
+    rw = csv.writer(rbuf)
+    rw.writerow(["path", "reason"])
+    rw.writerows(rejects)
+    write_bytes_atomic(out / "rejects.csv", rbuf.getvalue().encode())
+    summary = {"predicted": len(ok), "rejects": rejects, "decision_score": decision,
+               "threshold": thresholds[decision], "threshold_source": threshold_source}
+    write_manifest(out, "predictions", config, inputs={"run": input_record(run)}, outputs=outputs,
+                   timings={"total": time.perf_counter() - t0}, device=device_name(device),
+                   extra={"summary": summary})
+    finish_output(out)
+    return PredictResult(out, len(ok), rejects, decision, thresholds[decision])
+
+
+def summarize_predictions(folder: Path) -> dict[str, Any]:
+    s = read_manifest(folder, "predictions")["summary"]
+    return {"predicted": s["predicted"], "rejected": len(s["rejects"]), "decision_score": s["decision_score"],
+            "threshold": s["threshold"]}

@@ -1,0 +1,292 @@
+"""`cxrad refine`: train ASR-Net on maps of FPI pseudo-anomalies -> RUN/refine/<dual|intra>/.
+
+Every batch: apply the stored recipes to the normal pool on the device, run the frozen ensembles
+(eval mode) on the synthetic images, build the input maps, one focal-loss step. No per-sample
+Python, no test data, no selection: the kept model is the final one (its EMA weights, with
+BatchNorm statistics recomputed over one synthetic epoch — see RefineConfig for why).
+
+Options studied on ZhangLab-OCSSL-64 and left off by default (benchmarks/results/
+zhanglab-asr-study.md): ``level_jitter`` (random gain on the input maps) and ``clip_quantile``
+(clip inputs at a Dn quantile); neither fixed the inverted R scores of the 5-epoch variant.
+
+Folder: ``asr.pt`` (the kept model + what applying it needs: inputs, channel scales),
+``checkpoint.ckpt`` (resume state, atomic), ``log.json`` (per-epoch loss), ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrad import progress
+from cxrad.artifacts import (atomic_path, begin_output, finish_output, input_record, read_manifest,
+                             write_json_atomic, write_manifest)
+from cxrad.config import RefineConfig
+from cxrad.devices import device_name, resolve_device
+from cxrad.ensemble_maps import RunEnsembles, open_run, to_network_space
+from cxrad.errors import CxradError
+from cxrad.fpi import apply_recipes
+from cxrad.io.store import load_split
+from cxrad.models.asr_net import INPUT_CHANNELS, ASRNet, anomaly_probability, asr_inputs, focal_loss
+from cxrad.stages.synthesize import read_recipes, synth_epochs
+
+MODEL_FILE, CKPT_FILE, LOG_FILE = "asr.pt", "checkpoint.ckpt", "log.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# pieces
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def channel_stats(ens: RunEnsembles, pool: torch.Tensor, inputs: str, quantile: float = 0.0,
+                  batch_size: int = 256) -> tuple[list[float], list[float] | None]:
+    """Per input map over all pixels of the (clean) normal training images: its mean, and its
+    ``quantile`` (None when quantile is 0)."""
+    names = INPUT_CHANNELS[inputs]
+    vals: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for i in range(0, len(pool), batch_size):
+        m = ens.maps(pool[i:i + batch_size])
+        for n in names:
+            vals[n].append(m[n].float().flatten().cpu())
+    flat = {n: torch.cat(v).numpy() for n, v in vals.items()}
+    means = [max(float(flat[n].astype(np.float64).mean()), 1e-12) for n in names]
+    clips = [float(np.quantile(flat[n], quantile)) for n in names] if quantile > 0 else None
+    return means, clips
+
+
+def level_gains(n: int, channels: int, jitter: tuple[float, float], seed: int, epoch: int) -> np.ndarray:
+    """(n, channels) gains, log-uniform in [lo, hi], drawn from (seed, epoch) so resume repeats them."""
+    lo, hi = float(jitter[0]), float(jitter[1])
+    rng = np.random.default_rng([seed, epoch, 7919])
+    return np.exp(rng.uniform(np.log(lo), np.log(hi), size=(n, channels))).astype(np.float32)
+
+
+def synthetic_batches(ens: RunEnsembles, pool: torch.Tensor, recipes, batch_size: int, inputs: str,
+                      scales: Optional[list[float]], gains: Optional[np.ndarray] = None,
+                      clip: Optional[list[float]] = None):
+    """Yield (ASR input (B, C, H, W), mask (B, H, W)) for one epoch of recipes, in order.
+
+    ``gains`` (n, C): optional per-sample, per-channel factors on the input maps (level jitter).
+    """
+    for i in range(0, len(recipes), batch_size):
+        xs, mask = apply_recipes(pool, recipes.slice(slice(i, i + batch_size)))
+        x = asr_inputs(ens.maps(xs), inputs, scales, clip)
+        if gains is not None:
+            x = x * torch.as_tensor(gains[i:i + batch_size], device=x.device)[:, :, None, None]
+        yield x, mask
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), net.parameters()):
+        pe.lerp_(p, 1.0 - decay)
+    for be, b in zip(ema.buffers(), net.buffers()):
+        be.copy_(b)
+
+
+@torch.no_grad()
+def recompute_bn(net: nn.Module, batches) -> None:
+    """Replace BN running statistics by their cumulative average over ``batches`` ("precise BN")."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    net.train()
+    for x, _ in batches:
+        net(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    net.eval()
+
+
+def load_asr(folder: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load ``asr.pt`` -> {"net" (eval mode), "inputs", "scales", ...}."""
+    folder = Path(folder)
+    read_manifest(folder, "refine")
+    blob = torch.load(folder / MODEL_FILE, map_location=device, weights_only=True)
+    net = ASRNet(len(INPUT_CHANNELS[blob["inputs"]]), int(blob["hidden"])).to(device)
+    net.load_state_dict(blob["state_dict"])
+    net.eval()
+    return {**blob, "net": net}
+
+
+@torch.no_grad()
+def refined_maps(asr: dict[str, Any], maps: dict[str, np.ndarray], device: torch.device | str = "cpu",
+                 batch_size: int = 64) -> np.ndarray:
+    """Apply a loaded ASR-Net to stored maps (name -> (N, H, W)) -> anomaly probability (N, H, W)."""
+    names = INPUT_CHANNELS[asr["inputs"]]
+    n = len(maps[names[0]])
+    out = []
+    for i in range(0, n, batch_size):
+        batch = {k: torch.as_tensor(maps[k][i:i + batch_size], device=device) for k in names}
+        x = asr_inputs(batch, asr["inputs"], asr["scales"], asr.get("clip"))
+        out.append(anomaly_probability(asr["net"](x)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + maps[names[0]].shape[1:], np.float32)
+
+
+def _model_blob(net: nn.Module, cfg: RefineConfig, scales, clip, epochs_done: int) -> dict[str, Any]:
+    return {"state_dict": net.state_dict(), "inputs": cfg.inputs, "hidden": cfg.hidden_channels,
+            "scales": scales, "clip": clip, "normalize": cfg.normalize, "epochs": epochs_done}
+
+
+def _save(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------------------------
+def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = False, *,
+           synth: Path | None = None, out: Path | None = None,
+           on_epoch: Optional[Callable[[int, dict[str, Any]], None]] = None) -> Path:
+    """Train ASR-Net; returns the refine folder.
+
+    ``synth``/``out`` default to RUN/synth and RUN/refine/<inputs>. ``on_epoch(epoch, asr)`` is for
+    analysis (benchmarks): it receives an eval-mode copy of the model as `evaluate` would use it
+    (EMA + precise BN) and must not influence training — nothing is selected from it.
+    """
+    run = Path(run)
+    if cfg.inputs not in INPUT_CHANNELS:
+        raise CxradError(f"--inputs {cfg.inputs}: use dual or intra.")
+    if cfg.normalize not in ("normal-mean", "none"):
+        raise CxradError(f"normalize={cfg.normalize!r}: use normal-mean or none.")
+    device = resolve_device(cfg.device)
+    ens = open_run(run, device, need_udm=cfg.inputs == "dual", command="cxrad refine")
+    if cfg.inputs == "intra":
+        ens.udm = None  # intra inputs never need the UDM; skip its forward pass
+    synth = Path(synth) if synth is not None else run / "synth"
+    read_manifest(synth, "synth")
+    if synth_epochs(synth) < cfg.epochs:
+        raise CxradError(
+            f"{synth}: holds FPI recipes for {synth_epochs(synth)} epochs, refine asks for {cfg.epochs}; "
+            f"run `cxrad synthesize --epochs {cfg.epochs} --force` first."
+        )
+    out = Path(out) if out is not None else run / "refine" / cfg.inputs
+    ckpt_path = out / CKPT_FILE
+    if resume:
+        if not ckpt_path.is_file():
+            raise CxradError(f"{out}: nothing to resume (no {CKPT_FILE}); run without --resume.")
+        # the old manifest must not describe the files this run rewrites
+        (out / "manifest.json").unlink(missing_ok=True)
+        (out / ".cxrad-partial").touch()
+    elif not begin_output(out, "refine", cfg, force=force):
+        progress.log(f"cxrad refine: {out} is up to date.")
+        return out
+    elif ckpt_path.exists():
+        ckpt_path.unlink()  # a fresh start must not mix with an old checkpoint
+
+    t0 = time.perf_counter()
+    pool = to_network_space(torch.as_tensor(load_split(ens.prepared, "normal").images).to(device))
+    torch.manual_seed(cfg.seed)
+    net = ASRNet(len(INPUT_CHANNELS[cfg.inputs]), cfg.hidden_channels).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    ema = copy.deepcopy(net) if cfg.ema_decay > 0 else None
+    means, clip = channel_stats(ens, pool, cfg.inputs, cfg.clip_quantile)
+    scales = means if cfg.normalize == "normal-mean" else None
+    log: list[dict[str, Any]] = []
+    start, step = 0, 0
+    if resume:
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if _what(state["config"]) != _what(_jsonable_cfg(cfg)):
+            raise CxradError(f"{ckpt_path}: was written with another configuration; resume with the same options or use --force.")
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        start, step, log = int(state["epoch"]), int(state["step"]), json.loads(state["log"])
+        scales = state["scales"] if scales is not None else None
+        clip = state.get("clip", clip)
+        progress.log(f"cxrad refine: resuming {out} after epoch {start}")
+
+    def epoch_gains(epoch: int, n: int):
+        if tuple(cfg.level_jitter) == (1.0, 1.0):
+            return None
+        return level_gains(n, len(INPUT_CHANNELS[cfg.inputs]), cfg.level_jitter, cfg.seed, epoch)
+
+    def kept_model(last_recipes, last_epoch: int) -> nn.Module:
+        model = copy.deepcopy(ema if ema is not None else net)
+        if cfg.precise_bn:  # over the last epoch's inputs, as training saw them
+            recompute_bn(model, synthetic_batches(ens, pool, last_recipes, max(cfg.batch_size, 32), cfg.inputs, scales,
+                                                  epoch_gains(last_epoch, len(last_recipes)), clip))
+        model.eval()
+        return model
+
+    recipes = None
+    for epoch in range(start, cfg.epochs):
+        te = time.perf_counter()
+        recipes = read_recipes(synth, epoch)
+        net.train()
+        losses = []
+        nb = math.ceil(len(recipes) / cfg.batch_size)
+        with progress.task(f"refine {cfg.inputs} epoch {epoch + 1}/{cfg.epochs}", nb) as bar:
+            gains = epoch_gains(epoch, len(recipes))
+            for x, mask in synthetic_batches(ens, pool, recipes, cfg.batch_size, cfg.inputs, scales, gains, clip):
+                loss = focal_loss(net(x), mask, cfg.focal_gamma)
+                if not torch.isfinite(loss):
+                    raise CxradError(
+                        f"{out}: loss became {loss.item()} in epoch {epoch + 1}; lower --lr or check the maps "
+                        f"(`cxrad inspect {run}/maps`); the last checkpoint is intact, resume with --resume."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                if ema is not None:
+                    ema_update(ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
+                losses.append(loss.item())
+                bar.advance(1, f"loss {np.mean(losses):.4f}")
+        log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - te})
+        if on_epoch is not None:
+            on_epoch(epoch + 1, {"net": kept_model(recipes, epoch), "inputs": cfg.inputs, "scales": scales, "clip": clip})
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            _save({"net": net.state_dict(), "opt": opt.state_dict(),
+                   "ema": ema.state_dict() if ema is not None else {}, "rng": torch.get_rng_state(),
+                   "epoch": epoch + 1, "step": step, "log": json.dumps(log), "scales": scales, "clip": clip,
+                   "config": _jsonable_cfg(cfg)}, ckpt_path)
+
+    if recipes is None:  # resumed a finished run: rebuild what the kept model needs
+        recipes = read_recipes(synth, cfg.epochs - 1)
+    final = kept_model(recipes, cfg.epochs - 1)
+    _save(_model_blob(final.cpu(), cfg, scales, clip, cfg.epochs), out / MODEL_FILE)
+    write_json_atomic(out / LOG_FILE, log)
+    write_manifest(
+        out, "refine", cfg,
+        inputs={"run": input_record(run), "ensemble": input_record(run / "ensemble"), "synth": input_record(synth)},
+        outputs=[MODEL_FILE, LOG_FILE, CKPT_FILE], timings={"total": time.perf_counter() - t0,
+                                                         "per_epoch": float(np.mean([r["seconds"] for r in log]))},
+        device=device_name(device),
+        extra={"scales": scales, "clip": clip, "channels": list(INPUT_CHANNELS[cfg.inputs]), "final_loss": log[-1]["loss"],
+               "kept": "final epoch" + (", EMA weights" if ema is not None else "") +
+                       (", precise BN" if cfg.precise_bn else "")},
+    )
+    finish_output(out)
+    progress.log(f"cxrad refine: {cfg.inputs}: {cfg.epochs} epochs, final loss {log[-1]['loss']:.4f} -> {out}")
+    return out
+
+
+def _what(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a refine config that changes the result (not where or how often it saves)."""
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("device", "checkpoint_every")}
+
+
+def _jsonable_cfg(cfg: RefineConfig) -> dict[str, Any]:
+    from cxrad.artifacts import to_jsonable
+
+    return to_jsonable(cfg)
+
+
+def summarize_refine(folder: Path) -> dict[str, Any]:
+    m = read_manifest(folder, "refine")
+    log = json.loads((Path(folder) / LOG_FILE).read_text())
+    return {"inputs": m["config"]["inputs"], "epochs": len(log), "final_loss": m.get("final_loss"),
+            "scales": m.get("scales"), "kept": m.get("kept")}

@@ -1,0 +1,88 @@
+"""ASR-Net shape, focal loss values, input normalisation."""
+
+import math
+
+import numpy as np
+import torch
+
+from cxrad.models.asr_net import ASRNet, anomaly_probability, asr_inputs, focal_loss
+
+
+def test_shapes_and_probability():
+    net = ASRNet(2, hidden=8)
+    with torch.no_grad():
+        logits = net(torch.randn(3, 2, 16, 16))
+    assert logits.shape == (3, 2, 16, 16)
+    p = anomaly_probability(logits)
+    assert p.shape == (3, 16, 16) and float(p.min()) >= 0 and float(p.max()) <= 1
+    assert sum(q.numel() for q in ASRNet(2).parameters()) == (2 * 9 * 128 + 128) + 256 + (128 * 9 * 128 + 128) + 256 + (128 * 9 * 2 + 2)
+
+
+def test_focal_loss_hand_value():
+    # one pixel, logits (0, log 3) -> p(anomaly) = 0.75
+    logits = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)
+    target1 = torch.ones(1, 1, 1)
+    want1 = -(0.25 ** 2) * math.log(0.75)
+    assert abs(float(focal_loss(logits, target1, 2.0)) - want1) < 1e-6
+    want0 = -(0.75 ** 2) * math.log(0.25)
+    assert abs(float(focal_loss(logits, torch.zeros(1, 1, 1), 2.0)) - want0) < 1e-6
+    # γ = 0 is cross-entropy
+    ce = torch.nn.functional.cross_entropy(logits, torch.ones(1, 1, 1).long())
+    assert abs(float(focal_loss(logits, target1, 0.0)) - float(ce)) < 1e-6
+
+
+def test_inputs_order_and_scale():
+    maps = {"A_inter": torch.full((2, 4, 4), 2.0), "A_intra": torch.full((2, 4, 4), 3.0), "A_rec": torch.zeros(2, 4, 4)}
+    x = asr_inputs(maps, "dual", scales=[2.0, 6.0])
+    assert x.shape == (2, 2, 4, 4)
+    assert torch.all(x[:, 0] == 1.0) and torch.all(x[:, 1] == 0.5)
+    assert asr_inputs(maps, "intra").shape == (2, 1, 4, 4)
+
+
+def test_learns_a_square():
+    torch.manual_seed(0)
+    net = ASRNet(1, hidden=8)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.zeros(8, 1, 12, 12)
+    y = torch.zeros(8, 12, 12)
+    x[:4, :, 3:7, 3:7] = 1.0
+    y[:4, 3:7, 3:7] = 1
+    for _ in range(60):
+        opt.zero_grad()
+        loss = focal_loss(net(x), y)
+        loss.backward()
+        opt.step()
+    net.eval()
+    p = anomaly_probability(net(x))
+    assert p[:4, 3:7, 3:7].mean() > p[4:].mean() + 0.3
+
+
+def test_ema_and_precise_bn():
+    from cxrad.stages.refine import ema_update, recompute_bn
+
+    torch.manual_seed(0)
+    net, ema = ASRNet(1, hidden=4), ASRNet(1, hidden=4)
+    ema_update(ema, net, decay=0.0)  # decay 0 = copy
+    assert all(torch.equal(a, b) for a, b in zip(ema.parameters(), net.parameters()))
+    before = [p.clone() for p in ema.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema_update(ema, net, decay=0.75)
+    assert all(torch.allclose(e, b + 0.25) for e, b in zip(ema.parameters(), before))
+    # precise BN: running mean of the first BN = mean of conv1's output over all batches
+    batches = [(torch.randn(3, 1, 6, 6) + i, None) for i in range(4)]
+    recompute_bn(net, batches)
+    with torch.no_grad():
+        conv_out = torch.cat([net.body[0](x) for x, _ in batches])
+    assert torch.allclose(net.body[1].running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert not net.training and net.body[1].momentum == 0.1
+
+
+def test_level_gains_range_and_repeatable():
+    from cxrad.stages.refine import level_gains
+
+    g = level_gains(1000, 2, (1.0, 2.0), seed=3, epoch=4)
+    assert g.shape == (1000, 2) and g.min() >= 1.0 and g.max() <= 2.0
+    assert abs(float(np.median(g)) - 2 ** 0.5) < 0.05          # log-uniform: median = geometric mean
+    assert np.array_equal(g, level_gains(1000, 2, (1.0, 2.0), seed=3, epoch=4))

@@ -1,0 +1,126 @@
+"""End to end on the real sample images at 32 px with tiny epochs: train-ensemble → synthesize →
+refine (dual, intra) → score → evaluate through the CLI; every artifact checked; metrics.json
+recomputed from scores.csv; the stage errors of issue 4."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from cxrad.artifacts import read_manifest, write_manifest
+from cxrad.cli import main
+from cxrad.config import EnsembleConfig
+from cxrad.io.store import load_split, write_prepared_h5
+
+TINY = EnsembleConfig(members=2, epochs=2, batch_size=16, checkpoint_every=1, device="cpu")
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `cxrad ARGS` in-process; -> (exit code, stdout, stderr)."""
+    try:
+        main(["--no-progress", *map(str, args)])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def trained_run(prepared_sample32, tmp_path_factory) -> Path:
+    from cxrad.stages.train_ensemble import train_ensemble
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train_ensemble(prepared_sample32, run, TINY)
+    return run
+
+
+def test_score_before_ensembles(tmp_path, capsys, prepared_sample32):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_manifest(run, "run", {"backbone": "ae"})
+    code, _, err = cli(capsys, "score", run)
+    assert code != 0 and "cxrad train-ensemble" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, "score", tmp_path / "nothing")
+    assert code != 0 and "cxrad train-ensemble" in err
+
+
+def test_full_chain(trained_run, capsys):
+    run = trained_run
+    assert cli(capsys, "synthesize", run, "--epochs", 2, "--seed", 1)[0] == 0
+    with h5py.File(run / "synth" / "fpi.h5") as h5:
+        assert h5["source"].shape == (2, 30) and h5["preview/images"].shape[0] > 0
+        assert np.all(h5["donor"][...] != h5["source"][...])
+    assert (run / "synth" / "preview.png").stat().st_size > 0
+    for mode in ("dual", "intra"):
+        code, _, err = cli(capsys, "refine", run, "--inputs", mode, "--epochs", 2, "--batch-size", 8, "--device", "cpu")
+        assert code == 0, err
+        m = read_manifest(run / "refine" / mode, "refine", verify=True)
+        assert len(m["scales"]) == (2 if mode == "dual" else 1) and all(s > 0 for s in m["scales"])
+        assert len(json.loads((run / "refine" / mode / "log.json").read_text())) == 2
+    # resume of a finished run rebuilds the same final model (same checkpoint, deterministic precise BN)
+    code, _, err = cli(capsys, "refine", run, "--inputs", "intra", "--epochs", 2, "--resume", "--device", "cpu")
+    assert code == 0, err
+    assert cli(capsys, "score", run, "--split", "test", "--device", "cpu")[0] == 0
+    for split, n in (("test", 65), ("normal", 30)):
+        with h5py.File(run / "maps" / f"{split}.h5") as h5:
+            assert h5["maps/A_inter"].shape == (n, 32, 32) and h5["maps/A_inter"].dtype == np.float16
+            assert set(h5["scores"]) == {"A_rec", "A_intra", "A_inter"} and len(h5["ids"]) == n
+    code, out, err = cli(capsys, "evaluate", run, "--device", "cpu")
+    assert code == 0, err
+    assert "R_dual" in out and "AUC" in out
+    ev = run / "eval"
+    read_manifest(ev, "eval", verify=True)
+    for name in ("metrics.json", "metrics.md", "scores.csv", "roc.png", "pr.png", "histograms.png", "overlays.png"):
+        assert (ev / name).stat().st_size > 0
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert list(metrics["scores"]) == ["A_rec", "A_intra", "A_inter", "R_intra", "R_dual"]
+    rows = list(csv.DictReader(open(ev / "scores.csv")))
+    assert len(rows) == 65
+    y = np.array([int(r["label"]) for r in rows])
+    for name, m in metrics["scores"].items():
+        s = np.array([float(r[name]) for r in rows])
+        assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert m["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+        assert 0 <= m["specificity"] <= 1 and np.isfinite(m["threshold"])
+    # the same options and inputs again: a no-op that returns the same metrics
+    assert cli(capsys, "evaluate", run, "--device", "cpu")[0] == 0
+    for kind_dir in ("maps", "synth", "refine/dual", "eval"):
+        code, out, _ = cli(capsys, "inspect", run / kind_dir)
+        assert code == 0 and "kind:" in out
+
+
+def _unlabelled_copy(prepared: Path, out: Path) -> Path:
+    """The sample with the test labels hidden (-1), as an input without labels would be."""
+    sets = {name: load_split(prepared, name) for name in ("normal", "test")}
+    sets["test"].labels = np.full_like(sets["test"].labels, -1)
+    out.mkdir(parents=True)
+    write_prepared_h5(out / "data.h5", sets, [], {"size": 32})
+    write_manifest(out, "prepared", {"size": 32, "labels": "hidden"}, outputs=["data.h5"])
+    return out
+
+
+def test_errors_without_udm_and_labels(prepared_sample32, tmp_path, capsys):
+    from cxrad.stages.train_ensemble import train_ensemble
+
+    prepared = _unlabelled_copy(prepared_sample32, tmp_path / "nolabels")
+    run = tmp_path / "ndm-only"
+    cfg = EnsembleConfig(**{**TINY.__dict__, "module": "ndm", "epochs": 1})
+    train_ensemble(prepared, run, cfg)
+    assert cli(capsys, "synthesize", run, "--epochs", 1)[0] == 0
+    code, _, err = cli(capsys, "refine", run, "--inputs", "dual", "--epochs", 1, "--device", "cpu")
+    assert code != 0 and "UDM" in err and "train-ensemble" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, "refine", run, "--inputs", "intra", "--epochs", 2, "--device", "cpu")
+    assert code != 0 and "cxrad synthesize" in err  # recipes for 1 epoch only
+    code, _, err = cli(capsys, "evaluate", run, "--device", "cpu")
+    assert code != 0 and "no labels" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = cli(capsys, "refine", run, "--inputs", "intra", "--epochs", 1, "--resume", "--device", "cpu")
+    assert code != 0 and "nothing to resume" in err
+    shutil.rmtree(run)

@@ -1,0 +1,97 @@
+"""`cxrad predict` on real DICOMs and PNGs with a finished run; rejects and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from conftest import SAMPLE, SHARED_DATA
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "cxrad.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def _pngs(folder: Path, n: int = 4) -> Path:
+    folder.mkdir(parents=True)
+    for i, f in enumerate(sorted((SAMPLE / "kermany" / "test" / "PNEUMONIA").glob("*.jpeg"))[:n]):
+        Image.open(f).convert("L").save(folder / f"study{i}.png")
+    return folder
+
+
+def test_predict_dicoms_and_pngs(tiny_run, tmp_path):
+    pngs = _pngs(tmp_path / "pngs")
+    out = tmp_path / "pred"
+    r = cli("predict", tiny_run["run"], SAMPLE / "dicom", pngs, "--out", out)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 2 + 4
+    assert {Path(r["path"]).suffix for r in rows} == {".dcm", ".png"}
+    for row in rows:
+        assert row["decision_score"] == "R_dual"
+        assert 0.0 <= float(row["R_dual"]) <= 1.0
+        assert row["abnormal"] == str(int(float(row["R_dual"]) > float(row["threshold"])))
+        overlay = Image.open(out / row["overlay"])
+        assert overlay.size[0] > overlay.size[1] > 0
+    # threshold comes from the evaluation (normal training images), not recomputed differently
+    import json
+
+    metrics = json.loads((tiny_run["run"] / "eval" / "metrics.json").read_text())
+    assert float(rows[0]["threshold"]) == metrics["scores"]["R_dual"]["threshold"]
+
+
+def test_predict_same_preprocessing_as_prepare(tiny_run, tmp_path):
+    """A test image scored by predict gets the same A_rec as in the run's own test maps."""
+    from cxrad.stages.score import maps_file, read_maps_h5
+
+    test = read_maps_h5(maps_file(tiny_run["run"], "test"))
+    idx = 0
+    rel = test["ids"][idx]
+    out = tmp_path / "pred"
+    r = cli("predict", tiny_run["run"], SAMPLE / rel, "--out", out, "--no-overlays")
+    assert r.returncode == 0, r.stderr
+    row = next(csv.DictReader(open(out / "predictions.csv")))
+    np.testing.assert_allclose(float(row["A_rec"]), float(test["scores"]["A_rec"][idx]), rtol=2e-2)
+
+
+def test_predict_rejects_bad_inputs(tiny_run, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    out = tmp_path / "pred"
+    r = cli("predict", tiny_run["run"], SHARED_DATA / "dicom" / "pydicom_CT_small.dcm", text,
+            tmp_path / "missing.dcm", SAMPLE / "dicom", "--out", out)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    rejects = {Path(row["path"]).name: row["reason"] for row in csv.DictReader(open(out / "rejects.csv"))}
+    assert "modality CT" in rejects["pydicom_CT_small.dcm"]
+    assert "not an image" in rejects["notes.png"]
+    assert "no such file" in rejects["missing.dcm"]
+    assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 2
+
+
+def test_predict_shards_partition_the_inputs(tiny_run, tmp_path):
+    pngs = _pngs(tmp_path / "pngs", n=5)
+    seen = []
+    for k in range(2):
+        r = cli("predict", tiny_run["run"], pngs, "--out", tmp_path / "pred", "--num-shards", 2,
+                "--shard-id", k, "--no-overlays")
+        assert r.returncode == 0, r.stderr
+        seen += [row["path"] for row in csv.DictReader(open(tmp_path / "pred" / f"shard-{k}-of-2" / "predictions.csv"))]
+    assert sorted(seen) == sorted(str(p) for p in pngs.glob("*.png"))
+
+
+def test_predict_refuses_incomplete_run(prepared_sample32, tmp_path):
+    from cxrad.config import EnsembleConfig
+    from cxrad.stages.train_ensemble import train_ensemble
+
+    run = tmp_path / "run"
+    train_ensemble(prepared_sample32, run, EnsembleConfig(members=2, epochs=1, batch_size=16))
+    r = cli("predict", run, SAMPLE / "dicom", "--out", tmp_path / "pred")
+    assert r.returncode == 2
+    assert "cxrad refine" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "pred").exists()
