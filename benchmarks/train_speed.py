@@ -48,46 +48,13 @@ def prepared_split() -> tuple[Path, str]:
 
     if is_valid(CACHE, "prepared"):
         return CACHE, json.loads((CACHE / "how.json").read_text())["how"]
-    try:
-        from cxrad.config import PrepareConfig
-        from cxrad.stages.prepare import prepare
+    from cxrad.config import PrepareConfig
+    from cxrad.stages.prepare import prepare
 
-        prepare(TAR, CACHE, PrepareConfig(size=64), labels=SPLIT_CSV, force=True)
-        how = "cxrad.stages.prepare (tar + zhanglab-ocssl.csv)"
-    except ImportError:
-        _build_with_pil(CACHE)
-        how = "PIL fallback (grayscale, min-max, bilinear resize to 64)"
+    prepare(TAR, CACHE, PrepareConfig(size=64), labels=SPLIT_CSV, force=True)
+    how = "cxrad.stages.prepare (tar + zhanglab-ocssl.csv)"
     (CACHE / "how.json").write_text(json.dumps({"how": how}))
     return CACHE, how
-
-
-def _build_with_pil(folder: Path) -> None:
-    import io
-    import tarfile
-
-    import numpy as np
-    from PIL import Image
-
-    from cxrad.artifacts import write_manifest
-    from cxrad.io.store import ImageSet, write_prepared_h5
-
-    rows = list(csv.DictReader(open(SPLIT_CSV)))
-    want = {r["path"]: r for r in rows}
-    images = {}
-    with tarfile.open(TAR) as tar:
-        for member in tar:
-            if member.name in want:
-                im = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("L").resize((64, 64), Image.BILINEAR)
-                a = np.asarray(im, np.float32)
-                images[member.name] = (a - a.min()) / max(a.max() - a.min(), 1e-6)
-    sets = {}
-    for name in ("normal", "unlabeled", "test"):
-        sel = [r for r in rows if r["split"] == name]
-        sets[name] = ImageSet(np.stack([images[r["path"]] for r in sel]), np.array([int(r["label"]) for r in sel], np.int8),
-                              [r["path"] for r in sel], [r["path"] for r in sel], {})
-    folder.mkdir(parents=True, exist_ok=True)
-    write_prepared_h5(folder / "data.h5", sets, [], {"size": 64, "builder": "benchmarks PIL fallback"})
-    write_manifest(folder, "prepared", {"size": 64}, outputs=["data.h5"])
 
 
 def module_images(prepared: Path):
