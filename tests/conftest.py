@@ -15,6 +15,16 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: small models train faster than with spinning OpenMP
+    threads on a shared 2-core machine, and timings stay comparable."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _build_prepared(folder: Path, size: int) -> Path:
     """Prepare sample_data with the real stage (labels.csv names normal / unlabeled / test)."""
     from cxrad.config import PrepareConfig

@@ -12,13 +12,7 @@ from cxrad.models.ensemble import BatchedEnsemble, init_members
 from cxrad.training import GroupTrainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Four engineers share 2 cores; 2 spinning OpenMP threads per process make tests crawl.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # AE at 64 px is the reference's 4,487,248; MemAE adds 25x16 memory, AE-U one output channel

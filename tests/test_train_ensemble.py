@@ -22,12 +22,7 @@ from cxrad.stages.train_ensemble import train_ensemble
 FAST = ["--epochs", "2", "--batch-size", "8", "--members", "2", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(args, capsys):
