@@ -303,12 +303,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        # Click's usage errors (unknown option, bad value). Matched by shape, not by class:
+        # typer < 0.20 raises click's classes, newer typer raises its vendored copies.
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             typer.echo("cxrad: aborted", err=True)
             sys.exit(1)
         raise

@@ -37,3 +37,14 @@ def test_inspect_non_artifact_is_one_line_error(tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("cxrad: error:")
     assert "Traceback" not in r.stderr
+
+
+def test_usage_errors_are_click_messages_not_tracebacks(tmp_path):
+    # Regression: main() imported `click` to recognise usage errors; typer >= 0.20 vendors click
+    # and does not install it, so an unknown option crashed with ModuleNotFoundError.
+    r = run_cli("prepare", tmp_path, "--no-such-option")
+    assert r.returncode == 2
+    assert "No such option" in r.stderr and "--no-such-option" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("inspect")
+    assert r.returncode == 2 and "Missing argument" in r.stderr and "Traceback" not in r.stderr
