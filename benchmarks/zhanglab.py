@@ -38,6 +38,7 @@ REFINE_VARIANTS = {
     "jitter": {"level_jitter": (1.0, 2.0)},
     "jitter-wide": {"level_jitter": (0.5, 3.0)},
     "clip99": {"clip_quantile": 0.99},
+    "pixel": {"normalize": "normal-pixel-mean"},
 }
 
 

@@ -176,12 +176,16 @@ def synthesize(
     run: Path = typer.Argument(..., help="A run folder (`cxrad train-ensemble`)."),
     epochs: int = typer.Option(Y.epochs, "--epochs", help="ASR training epochs to draw FPI recipes for."),
     seed: int = typer.Option(Y.seed, "--seed"),
+    space: str = typer.Option(Y.space, "--space",
+                              help="maps (blend discrepancy maps, donors from the unlabelled set), image "
+                                   "(the reference: blend images, donors from the normal set), or auto "
+                                   "(maps when unlabelled images exist)."),
     force: bool = typer.Option(False, "--force"),
 ) -> None:
     """FPI pseudo-anomaly recipes for every ASR epoch -> RUN/synth/fpi.h5 + preview.png."""
     from cxrad.stages.synthesize import synthesize as run_synth
 
-    typer.echo(run_synth(run, SynthConfig(epochs=epochs, seed=seed), force=force))
+    typer.echo(run_synth(run, SynthConfig(epochs=epochs, seed=seed, space=space), force=force))
 
 
 @app.command()

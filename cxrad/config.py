@@ -73,6 +73,12 @@ class SynthConfig:
     centre_range: tuple[float, float] = (0.1, 0.9)      # fraction of the side, [lo, hi)
     half_width_range: tuple[float, float] = (0.05, 0.2)  # fraction of the side, [lo, hi)
     preview_count: int = 32
+    # Where the patch is blended (benchmarks/results/zhanglab-asr-study.md):
+    #   "maps"  — into the discrepancy maps of a Dn image, donor maps from an unlabelled (Du) image;
+    #   "image" — the reference: into the image, donor another Dn image (ASR-Net then sees the maps
+    #             of the blended image, which at 64 px barely change inside the patch);
+    #   "auto"  — "maps" when the prepared data hold unlabelled images, else "image".
+    space: str = "auto"
 
 
 @dataclass
@@ -91,8 +97,9 @@ class RefineConfig:
     checkpoint_every: int = 10
     device: str = "auto"
     # Departures from the reference that make the final model stable (benchmarks/results/README):
-    normalize: str = "normal-mean"      # divide each map channel by its mean over the normal training
-                                        # images' maps ("none" = reference: raw maps, ~1e-2 scale)
+    normalize: str = "normal-pixel-mean"  # divide each map channel by its mean over the normal training
+                                        # images' maps; "normal-pixel-mean": by their mean map, pixel by
+                                        # pixel; "none" = reference: raw maps, ~1e-2 scale
     ema_decay: float = 0.999            # keep an exponential moving average of the weights (0 = off);
                                         # warm-up min(decay, (1+t)/(10+t)) so short runs are not stuck at init
     clip_quantile: float = 0.0          # >0: clip each input channel at this quantile of its values on

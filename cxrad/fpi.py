@@ -54,14 +54,24 @@ def draw_recipes(
     patch_probability: float = 0.5,
     centre_range: tuple[float, float] = (0.1, 0.9),
     half_width_range: tuple[float, float] = (0.05, 0.2),
+    donor_pool_size: int | None = None,
 ) -> Recipes:
-    """Draw one epoch of recipes for a pool of ``n`` ≥ 2 images of side ``size``."""
-    if n < 2:
+    """Draw one epoch of recipes for a pool of ``n`` ≥ 2 images of side ``size``.
+
+    Donors come from the same pool (never the source itself), or, with ``donor_pool_size``, uniformly
+    from a separate pool of that many images (index into that pool).
+    """
+    if n < 2 and donor_pool_size is None:
         raise ValueError("FPI needs at least 2 pool images (a donor must differ from its source)")
+    if donor_pool_size is not None and donor_pool_size < 1:
+        raise ValueError("the donor pool is empty")
     c_lo, c_hi, h_lo, h_hi = geometry_bounds(size, centre_range, half_width_range)
     source = rng.permutation(n).astype(np.int64)
-    # offset in 1..n-1 makes donor ≠ source and uniform over the other images
-    donor = (source + rng.integers(1, n, size=n)) % n
+    if donor_pool_size is None:
+        # offset in 1..n-1 makes donor ≠ source and uniform over the other images
+        donor = (source + rng.integers(1, n, size=n)) % n
+    else:
+        donor = rng.integers(0, donor_pool_size, size=n)
     return Recipes(
         source=source,
         donor=donor.astype(np.int64),
@@ -86,17 +96,23 @@ def recipe_masks(recipes: Recipes, size: int, device: torch.device | str = "cpu"
     return mask.float()
 
 
-def apply_recipes(pool: torch.Tensor, recipes: Recipes) -> tuple[torch.Tensor, torch.Tensor]:
-    """Materialise a batch of synthetic images.
+def apply_recipes(pool: torch.Tensor, recipes: Recipes,
+                  donor_pool: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Materialise a batch of synthetic samples.
 
-    ``pool``: (N, H, W) images on the target device, in the space the blend happens in (the
-    network's [-1, 1], as the reference). Returns (x_s (B, H, W), mask (B, H, W) float32) with
-    x_s = (1 − α)·x + α·x_f inside the patch and x elsewhere.
+    ``pool``: (N, H, W) images — or (N, C, H, W) discrepancy maps — on the target device, in the
+    space the blend happens in (images: the network's [-1, 1], as the reference). Donors are taken
+    from ``donor_pool`` (same trailing shape) when given, else from ``pool``. Returns
+    (x_s (B, …), mask (B, H, W) float32) with x_s = (1 − α)·x + α·x_f inside the patch (every
+    channel alike) and x elsewhere.
     """
     dev = pool.device
+    donors = pool if donor_pool is None else donor_pool
     idx_s = torch.as_tensor(recipes.source, device=dev)
     idx_d = torch.as_tensor(recipes.donor, device=dev)
-    x, xf = pool[idx_s], pool[idx_d]
+    x, xf = pool[idx_s], donors[idx_d]
     mask = recipe_masks(recipes, pool.shape[-1], dev)
     a = torch.as_tensor(recipes.alpha, device=dev, dtype=pool.dtype)[:, None, None] * mask.to(pool.dtype)
+    if x.ndim == 4:
+        a = a[:, None]
     return (1 - a) * x + a * xf, mask

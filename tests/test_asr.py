@@ -39,6 +39,30 @@ def test_inputs_order_and_scale():
     assert asr_inputs(maps, "intra").shape == (2, 1, 4, 4)
 
 
+def test_per_pixel_scales():
+    maps = {"A_inter": torch.full((2, 2, 2), 4.0), "A_intra": torch.full((2, 2, 2), 1.0)}
+    scales = [[[1.0, 2.0], [4.0, 8.0]], [[1.0, 1.0], [1.0, 0.5]]]
+    x = asr_inputs(maps, "dual", scales=scales)
+    assert x[0, 0].tolist() == [[4.0, 2.0], [1.0, 0.5]] and x[1, 1].tolist() == [[1.0, 1.0], [1.0, 2.0]]
+
+
+def test_input_scales_from_normal_mean_maps():
+    from cxrad.stages.refine import input_scales
+
+    # channel 0: mean map with a hot border (10) and a near-zero centre; channel 1 flat
+    pm = np.full((2, 4, 4), 1.0)
+    pm[0] = 10.0
+    pm[0, 1:3, 1:3] = 0.01
+    assert input_scales(pm, "none") is None
+    mean0 = (12 * 10.0 + 4 * 0.01) / 16
+    assert np.allclose(input_scales(pm, "normal-mean"), [mean0, 1.0])
+    per_pixel = np.asarray(input_scales(pm, "normal-pixel-mean"))
+    assert per_pixel.shape == (2, 4, 4)
+    assert np.allclose(per_pixel[0, 0, 0], 10.0) and np.allclose(per_pixel[1], 1.0)
+    # the centre is floored at 10 % of the channel mean, not divided by ~0
+    assert np.allclose(per_pixel[0, 1:3, 1:3], 0.1 * mean0)
+
+
 def test_learns_a_square():
     torch.manual_seed(0)
     net = ASRNet(1, hidden=8)

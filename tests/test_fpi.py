@@ -58,3 +58,23 @@ def test_masks_device_agnostic_dtype():
     r = draw_recipes(4, 16, np.random.default_rng(0))
     m = recipe_masks(r, 16, "cpu")
     assert m.dtype == torch.float32 and set(m.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_donor_pool_and_map_space_blend():
+    """Map-space FPI: sources from one pool of (N, C, H, W) maps, donors from another pool."""
+    n, m, size = 12, 5, 16
+    r = draw_recipes(n, size, np.random.default_rng(4), donor_pool_size=m)
+    assert r.donor.min() >= 0 and r.donor.max() < m
+    assert len(set(r.donor.tolist())) > 1
+    src = torch.rand(n, 2, size, size)
+    don = torch.rand(m, 2, size, size) + 10.0       # every donor value is far from every source value
+    xs, mask = apply_recipes(src, r, don)
+    assert xs.shape == (n, 2, size, size) and mask.shape == (n, size, size)
+    for i in range(n):
+        a = float(r.alpha[i])
+        want = torch.where(mask[i].bool()[None], (1 - a) * src[r.source[i]] + a * don[r.donor[i]], src[r.source[i]])
+        assert torch.allclose(xs[i], want, atol=1e-6)
+    # both channels get the same patch: the blend moved exactly the masked pixels (α > 0)
+    moved = (xs != src[torch.as_tensor(r.source)]).any(1)
+    live = torch.as_tensor(r.alpha > 0)[:, None, None]
+    assert torch.equal(moved, mask.bool() & live)

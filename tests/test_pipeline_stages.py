@@ -57,13 +57,16 @@ def test_full_chain(trained_run, capsys):
     assert cli(capsys, "synthesize", run, "--epochs", 2, "--seed", 1)[0] == 0
     with h5py.File(run / "synth" / "fpi.h5") as h5:
         assert h5["source"].shape == (2, 30) and h5["preview/images"].shape[0] > 0
-        assert np.all(h5["donor"][...] != h5["source"][...])
+        # default (auto) with unlabelled images: map-space blend, donors index the 25 unlabelled images
+        assert h5.attrs["space"] == "maps" and h5.attrs["donor_pool"] == "unlabeled"
+        assert h5["donor"][...].max() < 25 and h5["source"][...].max() == 29
     assert (run / "synth" / "preview.png").stat().st_size > 0
     for mode in ("dual", "intra"):
         code, _, err = cli(capsys, "refine", run, "--inputs", mode, "--epochs", 2, "--batch-size", 8, "--device", "cpu")
         assert code == 0, err
         m = read_manifest(run / "refine" / mode, "refine", verify=True)
         assert len(m["scales"]) == (2 if mode == "dual" else 1) and all(s > 0 for s in m["scales"])
+        assert m["synthesis"] == {"space": "maps", "donor_pool": "unlabeled"}
         assert len(json.loads((run / "refine" / mode / "log.json").read_text())) == 2
     # resume of a finished run rebuilds the same final model (same checkpoint, deterministic precise BN)
     code, _, err = cli(capsys, "refine", run, "--inputs", "intra", "--epochs", 2, "--resume", "--device", "cpu")
@@ -123,4 +126,13 @@ def test_errors_without_udm_and_labels(prepared_sample32, tmp_path, capsys):
     assert code != 0 and "no labels" in err and len(err.strip().splitlines()) == 1, err
     code, _, err = cli(capsys, "refine", run, "--inputs", "intra", "--epochs", 1, "--resume", "--device", "cpu")
     assert code != 0 and "nothing to resume" in err
+    # no unlabelled images: map-space FPI has no donors (one-line error); auto fell back to the
+    # reference image-space FPI, which trains
+    code, _, err = cli(capsys, "synthesize", run, "--epochs", 1, "--space", "maps", "--force")
+    assert code != 0 and "unlabelled set" in err and 'space = "image"' in err and len(err.strip().splitlines()) == 1
+    with h5py.File(run / "synth" / "fpi.h5") as h5:
+        assert h5.attrs["space"] == "image" and np.all(h5["donor"][...] != h5["source"][...])
+    code, _, err = cli(capsys, "refine", run, "--inputs", "intra", "--epochs", 1, "--device", "cpu")
+    assert code == 0, err
+    assert read_manifest(run / "refine" / "intra", "refine")["synthesis"] == {"space": "image", "donor_pool": "normal"}
     shutil.rmtree(run)

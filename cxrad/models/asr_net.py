@@ -52,16 +52,22 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     return (-(1 - p_t) ** gamma * logp_t).mean()
 
 
-def asr_inputs(maps: dict[str, torch.Tensor], inputs: str, scales: Sequence[float] | None = None,
+def asr_inputs(maps: dict[str, torch.Tensor], inputs: str, scales=None,
                clip: Sequence[float] | None = None) -> torch.Tensor:
     """Stack the maps ASR-Net reads, each clipped at ``clip`` (raw units), then divided by its scale.
 
-    maps: name -> (B, H, W) -> (B, C, H, W).
+    maps: name -> (B, H, W) -> (B, C, H, W). ``scales``: (C,) one per channel, or (C, H, W) per pixel.
     """
     names = INPUT_CHANNELS[inputs]
-    x = torch.stack([maps[n].float() for n in names], dim=1)
+    return scale_inputs(torch.stack([maps[n].float() for n in names], dim=1), scales, clip)
+
+
+def scale_inputs(x: torch.Tensor, scales=None, clip: Sequence[float] | None = None) -> torch.Tensor:
+    """(B, C, H, W) raw stacked maps -> clipped at ``clip`` (C,), divided by ``scales`` (C,) or (C, H, W)."""
+    x = x.float()
     if clip is not None:
         x = torch.minimum(x, torch.as_tensor(list(clip), dtype=x.dtype, device=x.device)[None, :, None, None])
     if scales is not None:
-        x = x / torch.as_tensor(list(scales), dtype=x.dtype, device=x.device)[None, :, None, None]
+        s = torch.as_tensor(scales, dtype=x.dtype, device=x.device)
+        x = x / (s[None, :, None, None] if s.ndim == 1 else s[None])
     return x

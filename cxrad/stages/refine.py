@@ -35,10 +35,11 @@ from cxrad.ensemble_maps import RunEnsembles, open_run, to_network_space
 from cxrad.errors import CxradError
 from cxrad.fpi import apply_recipes
 from cxrad.io.store import load_split
-from cxrad.models.asr_net import INPUT_CHANNELS, ASRNet, anomaly_probability, asr_inputs, focal_loss
-from cxrad.stages.synthesize import read_recipes, synth_epochs
+from cxrad.models.asr_net import INPUT_CHANNELS, ASRNet, anomaly_probability, asr_inputs, focal_loss, scale_inputs
+from cxrad.stages.synthesize import read_recipes, synth_epochs, synth_space
 
 MODEL_FILE, CKPT_FILE, LOG_FILE = "asr.pt", "checkpoint.ckpt", "log.json"
+NORMALIZATIONS = ("normal-mean", "normal-pixel-mean", "none")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,19 +47,42 @@ MODEL_FILE, CKPT_FILE, LOG_FILE = "asr.pt", "checkpoint.ckpt", "log.json"
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def channel_stats(ens: RunEnsembles, pool: torch.Tensor, inputs: str, quantile: float = 0.0,
-                  batch_size: int = 256) -> tuple[list[float], list[float] | None]:
-    """Per input map over all pixels of the (clean) normal training images: its mean, and its
-    ``quantile`` (None when quantile is 0)."""
+                  batch_size: int = 256) -> tuple[np.ndarray, list[float] | None]:
+    """Statistics of each input map over the (clean) normal training images.
+
+    Returns (pixel_means (C, H, W) float64 — the mean map per channel, clips — the ``quantile`` of
+    each channel over all pixels, or None when quantile is 0).
+    """
     names = INPUT_CHANNELS[inputs]
+    sums: dict[str, torch.Tensor] = {}
     vals: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     for i in range(0, len(pool), batch_size):
         m = ens.maps(pool[i:i + batch_size])
         for n in names:
-            vals[n].append(m[n].float().flatten().cpu())
-    flat = {n: torch.cat(v).numpy() for n, v in vals.items()}
-    means = [max(float(flat[n].astype(np.float64).mean()), 1e-12) for n in names]
-    clips = [float(np.quantile(flat[n], quantile)) for n in names] if quantile > 0 else None
-    return means, clips
+            part = m[n].double().sum(0).cpu()
+            sums[n] = sums[n] + part if n in sums else part
+            if quantile > 0:
+                vals[n].append(m[n].float().flatten().cpu())
+    pixel_means = np.stack([(sums[n] / len(pool)).numpy() for n in names])
+    clips = [float(np.quantile(torch.cat(vals[n]).numpy(), quantile)) for n in names] if quantile > 0 else None
+    return pixel_means, clips
+
+
+def input_scales(pixel_means: np.ndarray, normalize: str) -> list | None:
+    """What ASR inputs are divided by, from the normal images' mean maps (C, H, W).
+
+    ``normal-mean``: one number per channel (nested list (C,)). ``normal-pixel-mean``: the mean map
+    itself (nested list (C, H, W)), so a value is read relative to what normal images show *at that
+    pixel* — borders and anatomy, where clean normals already have the largest discrepancies, stop
+    looking extreme, and the net cannot learn "extreme = normal" from them. Each pixel's mean is
+    floored at 10 % of its channel's mean so near-zero corners do not blow up. ``none``: None.
+    """
+    channel = np.maximum(pixel_means.reshape(len(pixel_means), -1).mean(1), 1e-12)
+    if normalize == "normal-mean":
+        return [float(c) for c in channel]
+    if normalize == "normal-pixel-mean":
+        return np.maximum(pixel_means, 0.1 * channel[:, None, None]).astype(np.float32).tolist()
+    return None
 
 
 def level_gains(n: int, channels: int, jitter: tuple[float, float], seed: int, epoch: int) -> np.ndarray:
@@ -68,16 +92,34 @@ def level_gains(n: int, channels: int, jitter: tuple[float, float], seed: int, e
     return np.exp(rng.uniform(np.log(lo), np.log(hi), size=(n, channels))).astype(np.float32)
 
 
+@torch.no_grad()
+def stacked_maps(ens: RunEnsembles, images: torch.Tensor, inputs: str, batch_size: int = 256) -> torch.Tensor:
+    """Raw ASR input maps of ``images`` (N, H, W) in network space -> (N, C, H, W) float32."""
+    names = INPUT_CHANNELS[inputs]
+    out = []
+    for i in range(0, len(images), batch_size):
+        m = ens.maps(images[i:i + batch_size])
+        out.append(torch.stack([m[n].float() for n in names], dim=1))
+    return torch.cat(out) if out else images.new_zeros((0, len(names)) + tuple(images.shape[1:]))
+
+
 def synthetic_batches(ens: RunEnsembles, pool: torch.Tensor, recipes, batch_size: int, inputs: str,
-                      scales: Optional[list[float]], gains: Optional[np.ndarray] = None,
-                      clip: Optional[list[float]] = None):
+                      scales, gains: Optional[np.ndarray] = None, clip: Optional[list[float]] = None,
+                      map_pools: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
     """Yield (ASR input (B, C, H, W), mask (B, H, W)) for one epoch of recipes, in order.
 
-    ``gains`` (n, C): optional per-sample, per-channel factors on the input maps (level jitter).
+    Image space (``map_pools`` None): blend images of ``pool``, then run the ensembles on them.
+    Map space: ``map_pools`` = (source maps (N, C, H, W) of ``pool``, donor maps (M, C, H, W)),
+    blended directly. ``gains`` (n, C): optional per-sample, per-channel factors (level jitter).
     """
     for i in range(0, len(recipes), batch_size):
-        xs, mask = apply_recipes(pool, recipes.slice(slice(i, i + batch_size)))
-        x = asr_inputs(ens.maps(xs), inputs, scales, clip)
+        r = recipes.slice(slice(i, i + batch_size))
+        if map_pools is None:
+            xs, mask = apply_recipes(pool, r)
+            x = asr_inputs(ens.maps(xs), inputs, scales, clip)
+        else:
+            raw, mask = apply_recipes(map_pools[0], r, map_pools[1])
+            x = scale_inputs(raw, scales, clip)
         if gains is not None:
             x = x * torch.as_tensor(gains[i:i + batch_size], device=x.device)[:, :, None, None]
         yield x, mask
@@ -157,8 +199,8 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
     run = Path(run)
     if cfg.inputs not in INPUT_CHANNELS:
         raise CxradError(f"--inputs {cfg.inputs}: use dual or intra.")
-    if cfg.normalize not in ("normal-mean", "none"):
-        raise CxradError(f"normalize={cfg.normalize!r}: use normal-mean or none.")
+    if cfg.normalize not in NORMALIZATIONS:
+        raise CxradError(f"normalize={cfg.normalize!r}: use one of {', '.join(NORMALIZATIONS)}.")
     device = resolve_device(cfg.device)
     ens = open_run(run, device, need_udm=cfg.inputs == "dual", command="cxrad refine")
     if cfg.inputs == "intra":
@@ -190,8 +232,14 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
     net = ASRNet(len(INPUT_CHANNELS[cfg.inputs]), cfg.hidden_channels).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     ema = copy.deepcopy(net) if cfg.ema_decay > 0 else None
-    means, clip = channel_stats(ens, pool, cfg.inputs, cfg.clip_quantile)
-    scales = means if cfg.normalize == "normal-mean" else None
+    space, donor_pool = synth_space(synth)
+    map_pools = None
+    if space == "maps":  # the ensembles are frozen: each image's maps are computed once, not per epoch
+        donors = to_network_space(torch.as_tensor(load_split(ens.prepared, donor_pool).images).to(device))
+        map_pools = (stacked_maps(ens, pool, cfg.inputs), stacked_maps(ens, donors, cfg.inputs))
+        del donors
+    pixel_means, clip = channel_stats(ens, pool, cfg.inputs, cfg.clip_quantile)
+    scales = input_scales(pixel_means, cfg.normalize)
     log: list[dict[str, Any]] = []
     start, step = 0, 0
     if resume:
@@ -217,7 +265,7 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
         model = copy.deepcopy(ema if ema is not None else net)
         if cfg.precise_bn:  # over the last epoch's inputs, as training saw them
             recompute_bn(model, synthetic_batches(ens, pool, last_recipes, max(cfg.batch_size, 32), cfg.inputs, scales,
-                                                  epoch_gains(last_epoch, len(last_recipes)), clip))
+                                                  epoch_gains(last_epoch, len(last_recipes)), clip, map_pools))
         model.eval()
         return model
 
@@ -230,7 +278,8 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
         nb = math.ceil(len(recipes) / cfg.batch_size)
         with progress.task(f"refine {cfg.inputs} epoch {epoch + 1}/{cfg.epochs}", nb) as bar:
             gains = epoch_gains(epoch, len(recipes))
-            for x, mask in synthetic_batches(ens, pool, recipes, cfg.batch_size, cfg.inputs, scales, gains, clip):
+            for x, mask in synthetic_batches(ens, pool, recipes, cfg.batch_size, cfg.inputs, scales, gains, clip,
+                                             map_pools):
                 loss = focal_loss(net(x), mask, cfg.focal_gamma)
                 if not torch.isfinite(loss):
                     raise CxradError(
@@ -265,13 +314,21 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
         outputs=[MODEL_FILE, LOG_FILE, CKPT_FILE], timings={"total": time.perf_counter() - t0,
                                                          "per_epoch": float(np.mean([r["seconds"] for r in log]))},
         device=device_name(device),
-        extra={"scales": scales, "clip": clip, "channels": list(INPUT_CHANNELS[cfg.inputs]), "final_loss": log[-1]["loss"],
+        extra={"scales": _scale_summary(scales), "clip": clip, "synthesis": {"space": space, "donor_pool": donor_pool}, "channels": list(INPUT_CHANNELS[cfg.inputs]), "final_loss": log[-1]["loss"],
                "kept": "final epoch" + (", EMA weights" if ema is not None else "") +
                        (", precise BN" if cfg.precise_bn else "")},
     )
     finish_output(out)
     progress.log(f"cxrad refine: {cfg.inputs}: {cfg.epochs} epochs, final loss {log[-1]['loss']:.4f} -> {out}")
     return out
+
+
+def _scale_summary(scales) -> list[float] | None:
+    """Per-channel scale for the manifest: the list itself, or each channel's mean of a per-pixel map."""
+    if scales is None:
+        return None
+    arr = np.asarray(scales, dtype=np.float64)
+    return [float(v) for v in (arr if arr.ndim == 1 else arr.reshape(len(arr), -1).mean(1))]
 
 
 def _what(config: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,19 @@
 """`cxrad synthesize`: FPI recipes for every ASR epoch -> RUN/synth/fpi.h5 (+ preview).
 
 Layout of ``fpi.h5``: datasets ``source, donor, cy, cx, half, alpha, patched`` of shape
-(epochs, n) — row e is epoch e, in training order; attrs size, n, seed, pool ("normal").
-``preview/images`` (P, H, W) float16 in [0, 1] and ``preview/masks`` (P, H, W) uint8 materialise
-the first P samples of epoch 0 that carry a patch; ``preview.png`` shows them with their masks.
+(epochs, n) — row e is epoch e, in training order; attrs size, n, seed, pool ("normal": sources),
+space ("maps" or "image"), donor_pool ("unlabeled" or "normal"). ``preview/images`` (P, H, W)
+float16 in [0, 1] and ``preview/masks`` (P, H, W) uint8 materialise the first P samples of epoch 0
+that carry a patch, blended in image space; ``preview.png`` shows them with their masks. (With
+``space = "maps"`` the blend ASR-Net trains on happens in the discrepancy maps, computed by the
+ensembles at refine time; the preview shows what each recipe takes from its donor image.)
+
+Why map space by default: FPI patches blended into the *image* leave the maps ASR-Net reads
+(A_inter, A_intra) unchanged inside the patch — measured on ZhangLab-OCSSL-64, the patched/clean
+ratio of A_inter and A_intra inside the patch is 1.00 and 0.99 (A_rec: 1.42) — so ASR-Net can only
+learn where patches tend to lie, and learned "extreme discrepancy = normal" (R_dual AUC 38 < 50).
+Blending a patch of the maps of an unlabelled image, which the UDM has learned and the NDM has not,
+teaches it what a local discrepancy looks like without reading any label.
 
 Epoch e is drawn from ``default_rng([seed, e])`` so the first epochs do not depend on how many
 epochs were asked for.
@@ -25,14 +35,35 @@ from cxrad.config import SynthConfig
 from cxrad.ensemble_maps import run_prepared, to_network_space
 from cxrad.errors import CxradError
 from cxrad.fpi import RECIPE_FIELDS, Recipes, apply_recipes, draw_recipes
-from cxrad.io.store import load_split
+from cxrad.io.store import load_split, split_names
 
 FPI_FILE = "fpi.h5"
 
 
-def epoch_recipes(cfg: SynthConfig, n: int, size: int, epoch: int) -> Recipes:
+SPACES = ("auto", "maps", "image")
+
+
+def epoch_recipes(cfg: SynthConfig, n: int, size: int, epoch: int, donor_pool_size: int | None = None) -> Recipes:
     return draw_recipes(n, size, np.random.default_rng([cfg.seed, epoch]), cfg.patch_probability,
-                        cfg.centre_range, cfg.half_width_range)
+                        cfg.centre_range, cfg.half_width_range, donor_pool_size)
+
+
+def resolve_space(space: str, unlabeled_count: int, where: Path) -> str:
+    """The blend space a synth config means for prepared data with ``unlabeled_count`` Du images."""
+    if space not in SPACES:
+        raise CxradError(f"space={space!r}: use one of {', '.join(SPACES)}.")
+    if space == "auto":
+        return "maps" if unlabeled_count > 0 else "image"
+    if space == "maps" and unlabeled_count == 0:
+        raise CxradError(f"{where}: map-space FPI takes its donors from the unlabelled set, which is empty; "
+                         "use space = \"image\" (the reference FPI).")
+    return space
+
+
+def synth_space(synth_dir: Path) -> tuple[str, str]:
+    """(space, donor_pool) of a synth artifact; files written before map-space FPI are image/normal."""
+    with h5py.File(Path(synth_dir) / FPI_FILE, "r") as h5:
+        return str(h5.attrs.get("space", "image")), str(h5.attrs.get("donor_pool", "normal"))
 
 
 def read_recipes(synth_dir: Path, epoch: int) -> Recipes:
@@ -56,24 +87,31 @@ def synthesize(run: Path, cfg: SynthConfig, force: bool = False, out: Path | Non
     manifest = read_manifest(run, "run")
     prepared = run_prepared(run, manifest)
     out = Path(out) if out is not None else run / "synth"
+    t0 = time.perf_counter()
+    # every check before begin_output: a refused --force must leave the old artifact intact
+    pool = load_split(prepared, "normal").images
+    n, size = pool.shape[0], pool.shape[-1]
+    unlabeled = load_split(prepared, "unlabeled").images if "unlabeled" in split_names(prepared) else pool[:0]
+    space = resolve_space(cfg.space, len(unlabeled), prepared)
+    donor_pool = "unlabeled" if space == "maps" else "normal"
+    if n < 2:
+        raise CxradError(f"{prepared}: the normal split has {n} image(s); FPI needs at least 2.")
     if not begin_output(out, "synth", cfg, force=force):
         progress.log(f"cxrad synthesize: {out} is up to date.")
         return out
-    t0 = time.perf_counter()
-    pool = load_split(prepared, "normal").images
-    n, size = pool.shape[0], pool.shape[-1]
-    if n < 2:
-        raise CxradError(f"{prepared}: the normal split has {n} image(s); FPI needs at least 2.")
-    epochs = [epoch_recipes(cfg, n, size, e) for e in range(cfg.epochs)]
+    epochs = [epoch_recipes(cfg, n, size, e, len(unlabeled) if donor_pool == "unlabeled" else None)
+              for e in range(cfg.epochs)]
     # preview: the first patched samples of epoch 0, blended in network space like training
     r0 = epochs[0]
     pick = np.flatnonzero(r0.patched)[: cfg.preview_count]
     sub = Recipes(*(getattr(r0, f)[pick] for f in RECIPE_FIELDS))
-    xs, masks = apply_recipes(to_network_space(torch.as_tensor(pool)), sub)
+    donors = to_network_space(torch.as_tensor(unlabeled)) if donor_pool == "unlabeled" else None
+    xs, masks = apply_recipes(to_network_space(torch.as_tensor(pool)), sub, donors)
     preview = ((xs + 1) / 2).clamp(0, 1).numpy()
     with atomic_path(out / FPI_FILE) as tmp:
         with h5py.File(tmp, "w") as h5:
-            h5.attrs.update({"size": size, "n": n, "seed": cfg.seed, "pool": "normal", "epochs": cfg.epochs})
+            h5.attrs.update({"size": size, "n": n, "seed": cfg.seed, "pool": "normal", "epochs": cfg.epochs,
+                             "space": space, "donor_pool": donor_pool})
             for f in RECIPE_FIELDS:
                 h5.create_dataset(f, data=np.stack([getattr(r, f) for r in epochs]), compression="gzip")
             h5.create_dataset("preview/images", data=preview.astype(np.float16))
@@ -87,14 +125,17 @@ def synthesize(run: Path, cfg: SynthConfig, force: bool = False, out: Path | Non
         out, "synth", cfg,
         inputs={"run": input_record(run), "prepared": input_record(prepared)},
         outputs=[FPI_FILE, "preview.png"], timings={"total": time.perf_counter() - t0},
-        extra={"pool_size": n, "image_size": size, "patched_fraction": patched},
+        extra={"pool_size": n, "image_size": size, "patched_fraction": patched, "space": space,
+               "donor_pool": donor_pool, "donor_pool_size": len(unlabeled) if donor_pool == "unlabeled" else n},
     )
     finish_output(out)
-    progress.log(f"cxrad synthesize: {cfg.epochs} epochs × {n} recipes ({patched:.1%} patched) -> {out}")
+    progress.log(f"cxrad synthesize: {cfg.epochs} epochs × {n} recipes ({patched:.1%} patched, {space} space, "
+                 f"donors from {donor_pool}) -> {out}")
     return out
 
 
 def summarize_synth(folder: Path) -> dict[str, Any]:
     m = read_manifest(folder, "synth")
     return {"epochs": m["config"]["epochs"], "pool_size": m.get("pool_size"),
-            "image_size": m.get("image_size"), "patched_fraction": m.get("patched_fraction")}
+            "image_size": m.get("image_size"), "patched_fraction": m.get("patched_fraction"),
+            "space": m.get("space", "image"), "donor_pool": m.get("donor_pool", "normal")}
