@@ -9,7 +9,8 @@ per-stage wall times, device, peak memory) to benchmarks/results/zhanglab.jsonl.
 
 Stability study (ASR stage only, on the run's frozen ensembles): ``--study-seeds 0,1,2`` trains
 R_dual again per seed (FPI recipes and ASR init both from the seed) for each ``--study-variants``
-(cxrad = the shipped defaults; reference = raw maps, no EMA, no precise BN) and appends one line
+(cxrad = the shipped defaults; image-space = the reference FPI with cxrad's other defaults;
+reference-fpi = the reference end to end; see REFINE_VARIANTS) and appends one line
 per (variant, seed) to benchmarks/results/zhanglab-stability.jsonl. Test AUC is computed after
 every epoch FOR THE REPORT ONLY — nothing is selected with it; the model kept is always the last.
 """
@@ -38,7 +39,11 @@ REFINE_VARIANTS = {
     "jitter": {"level_jitter": (1.0, 2.0)},
     "jitter-wide": {"level_jitter": (0.5, 3.0)},
     "clip99": {"clip_quantile": 0.99},
-    "pixel": {"normalize": "normal-pixel-mean"},
+    "scalar-norm": {"normalize": "normal-mean"},
+    # the reference FPI (blend in the image, donors from Dn) with every other cxrad default
+    "image-space": {"space": "image"},
+    # the reference end to end: image-space FPI, raw maps, no EMA, no precise BN
+    "reference-fpi": {"space": "image", "normalize": "none", "ema_decay": 0.0, "precise_bn": False},
 }
 
 
@@ -202,14 +207,17 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
             for k in ("A_rec", "A_intra", "A_inter")}
     for seed in seeds:  # seeds outer: a partial study still compares the variants seed by seed
         for variant in variants:
-            synth = run / "study" / f"synth-s{seed}"
-            synthesize(run, SynthConfig(epochs=asr_epochs, seed=seed), out=synth)
+            spec = dict(REFINE_VARIANTS[variant])
+            space = spec.pop("space", "auto")
+            synth = run / "study" / f"synth-{space}-s{seed}"
+            synthesize(run, SynthConfig(epochs=asr_epochs, seed=seed, space=space), out=synth)
             log: list = []
-            cfg = dataclasses.replace(base_cfg, inputs="dual", seed=seed, **REFINE_VARIANTS[variant])
+            cfg = dataclasses.replace(base_cfg, inputs="dual", seed=seed, **spec)
             t0 = time.perf_counter()
             refine(run, cfg, synth=synth, out=run / "study" / f"refine-{variant}-dual-s{seed}",
                    on_epoch=_epoch_logger(test_maps, labels, log), force=True)
             rec = {"benchmark": "ZhangLab-OCSSL-64", "run": str(run), "variant": variant, "inputs": "dual",
+                   "synth_space": space,
                    "seed": seed, "asr_epochs": asr_epochs, "refine_config": dataclasses.asdict(cfg),
                    "final_auc": round(100 * log[-1]["auc"], 2), "final_ap": round(100 * log[-1]["ap"], 2),
                    "per_epoch_test_auc_analysis_only": [round(100 * r["auc"], 2) for r in log],

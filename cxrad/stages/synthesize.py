@@ -10,7 +10,7 @@ ensembles at refine time; the preview shows what each recipe takes from its dono
 
 Why map space by default: FPI patches blended into the *image* leave the maps ASR-Net reads
 (A_inter, A_intra) unchanged inside the patch — measured on ZhangLab-OCSSL-64, the patched/clean
-ratio of A_inter and A_intra inside the patch is 1.00 and 0.99 (A_rec: 1.42) — so ASR-Net can only
+ratio of A_inter and A_intra inside the patch is 1.01 and 0.98 (A_rec: 1.46) — so ASR-Net can only
 learn where patches tend to lie, and learned "extreme discrepancy = normal" (R_dual AUC 38 < 50).
 Blending a patch of the maps of an unlabelled image, which the UDM has learned and the NDM has not,
 teaches it what a local discrepancy looks like without reading any label.
