@@ -96,7 +96,7 @@ class RefineConfig:
     seed: int = 0
     checkpoint_every: int = 10
     device: str = "auto"
-    # Departures from the reference that make the final model stable (benchmarks/results/README):
+    # Departures from the reference that make the final model stable (benchmarks/results/zhanglab-asr-study.md):
     normalize: str = "normal-pixel-mean"  # divide each map channel by its mean over the normal training
                                         # images' maps; "normal-pixel-mean": by their mean map, pixel by
                                         # pixel; "none" = reference: raw maps, ~1e-2 scale
