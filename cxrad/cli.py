@@ -196,7 +196,7 @@ def refine(
     batch_size: int = typer.Option(R.batch_size, "--batch-size"),
     lr: float = typer.Option(R.lr, "--lr"),
     seed: int = typer.Option(R.seed, "--seed"),
-    normalize: str = typer.Option(R.normalize, "--normalize", help="normal-mean (default) or none (reference: raw maps)."),
+    normalize: str = typer.Option(R.normalize, "--normalize", help="normal-pixel-mean (default: divide by the normal images' mean map), normal-mean (one scalar per channel) or none (reference: raw maps)."),
     ema_decay: float = typer.Option(R.ema_decay, "--ema-decay", help="EMA of the weights; 0 keeps the raw final weights."),
     precise_bn: bool = typer.Option(R.precise_bn, "--precise-bn/--no-precise-bn",
                                     help="Recompute BatchNorm statistics of the kept model over one synthetic epoch."),

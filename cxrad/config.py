@@ -97,9 +97,10 @@ class RefineConfig:
     checkpoint_every: int = 10
     device: str = "auto"
     # Departures from the reference that make the final model stable (benchmarks/results/zhanglab-asr-study.md):
-    normalize: str = "normal-pixel-mean"  # divide each map channel by its mean over the normal training
-                                        # images' maps; "normal-pixel-mean": by their mean map, pixel by
-                                        # pixel; "none" = reference: raw maps, ~1e-2 scale
+    normalize: str = "normal-pixel-mean"  # divide each map channel by the normal training images' mean
+                                        # map, pixel by pixel (floored at 10% of the channel mean);
+                                        # "normal-mean": by one scalar per channel; "none" = reference:
+                                        # raw maps, ~1e-2 scale
     ema_decay: float = 0.999            # keep an exponential moving average of the weights (0 = off);
                                         # warm-up min(decay, (1+t)/(10+t)) so short runs are not stuck at init
     clip_quantile: float = 0.0          # >0: clip each input channel at this quantile of its values on
