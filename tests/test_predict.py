@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
 
 from conftest import SAMPLE, SHARED_DATA
@@ -59,11 +60,23 @@ def test_predict_same_preprocessing_as_prepare(tiny_run, tmp_path):
     np.testing.assert_allclose(float(row["A_rec"]), float(test["scores"]["A_rec"][idx]), rtol=2e-2)
 
 
+def _ct_dicom(tmp_path: Path) -> Path:
+    """The real CT slice from ../shared when this checkout has it; else a chest CR relabelled CT."""
+    real = SHARED_DATA / "dicom" / "pydicom_CT_small.dcm"
+    if real.exists():
+        return real
+    ds = pydicom.dcmread(SAMPLE / "dicom" / "pydicom-data_RG1_UNCR_chest_CR.dcm")
+    ds.Modality = "CT"
+    path = tmp_path / "pydicom_CT_small.dcm"
+    ds.save_as(path)
+    return path
+
+
 def test_predict_rejects_bad_inputs(tiny_run, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     out = tmp_path / "pred"
-    r = cli("predict", tiny_run["run"], SHARED_DATA / "dicom" / "pydicom_CT_small.dcm", text,
+    r = cli("predict", tiny_run["run"], _ct_dicom(tmp_path), text,
             tmp_path / "missing.dcm", SAMPLE / "dicom", "--out", out)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
