@@ -140,6 +140,8 @@ def train_ensemble(
     batch_size: int = typer.Option(E.batch_size, "--batch-size"),
     lr: float = typer.Option(E.lr, "--lr"),
     seed: int = typer.Option(E.seed, "--seed"),
+    paired_init: bool = typer.Option(E.paired_init, "--paired-init/--independent-init",
+                                     help="UDM member i starts like NDM member i (default) or independently (reference)."),
     checkpoint_every: int = typer.Option(E.checkpoint_every, "--checkpoint-every", help="Epochs between checkpoints."),
     member: Optional[int] = typer.Option(None, "--member", help="Train only member i (one process per member; "
                                          "default under SLURM: from SLURM_ARRAY_TASK_ID)."),
@@ -152,7 +154,8 @@ def train_ensemble(
     from cxrad.stages.train_ensemble import train_ensemble as run_train
 
     cfg = EnsembleConfig(module=module, members=members, backbone=backbone, epochs=epochs, batch_size=batch_size,
-                         lr=lr, seed=seed, checkpoint_every=checkpoint_every, device=device, amp=amp)
+                         lr=lr, seed=seed, paired_init=paired_init, checkpoint_every=checkpoint_every,
+                         device=device, amp=amp)
     typer.echo(run_train(prepared, run, cfg, member=member, resume=resume, force=force))
 
 

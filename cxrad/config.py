@@ -49,6 +49,11 @@ class EnsembleConfig:
     shrink_threshold: float = 0.0       # MemAE hard shrinkage; 0 disables (reference)
     entropy_weight: float = 0.0002      # MemAE attention-entropy loss weight
     seed: int = 0
+    paired_init: bool = True            # UDM member i starts from NDM member i's weights and shuffle seed:
+                                        # A_inter = |mean_NDM - mean_UDM| then measures what Du taught the
+                                        # UDM, not two independent inits (measured: +1.6 to +2.7 AUC on
+                                        # ZhangLab, benchmarks/results/zhanglab-asr-study.md); False = the
+                                        # reference's independent members
     checkpoint_every: int = 10          # epochs between checkpoints
     device: str = "auto"
     amp: bool = False                   # bf16 autocast of the forward pass; CUDA only (changes results)

@@ -17,7 +17,7 @@ from cxrad.errors import CxradError
 from cxrad.io.store import ImageSet, write_prepared_h5
 from cxrad.models.ensemble import load_ensemble
 from cxrad.run_folder import member_checkpoint_path, member_weights_path, read_ensemble, read_run
-from cxrad.stages.train_ensemble import train_ensemble
+from cxrad.stages.train_ensemble import member_seed, train_ensemble
 
 FAST = ["--epochs", "2", "--batch-size", "8", "--members", "2", "--device", "cpu"]
 
@@ -48,8 +48,9 @@ def test_end_to_end_run_and_loader(prepared_sample32, tmp_path, capsys):
     c = manifest["config"]
     assert (c["backbone"], c["members"], c["image_size"], c["modules"]) == ("ae", 2, 32, ["ndm", "udm"])
     assert c["prepared"]["kind"] == "prepared" and "preprocessing" in c
-    seeds = c["seeds"]["ndm"] + c["seeds"]["udm"]
-    assert len(set(seeds)) == 4
+    # Paired init (default): member i has one seed in both modules, distinct across members.
+    assert c["paired_init"] is True
+    assert c["seeds"]["ndm"] == c["seeds"]["udm"] and len(set(c["seeds"]["ndm"])) == 2
     ens = read_ensemble(run)
     assert [m["seed"] for m in ens["members"]["ndm"]] == c["seeds"]["ndm"]
     assert all(m["epochs"] == 2 for m in ens["members"]["udm"])
@@ -69,6 +70,17 @@ def test_end_to_end_run_and_loader(prepared_sample32, tmp_path, capsys):
     code, out, err = cli(["train-ensemble", prepared_sample32, "--run", run, *FAST, "--lr", "1e-3"], capsys)
     assert code != 0 and "different configuration" in err and "lr" in err and len(err.strip().splitlines()) == 1
     assert (run / "manifest.json").read_bytes() == before
+
+
+def test_independent_init_gives_every_member_its_own_seed(prepared_sample32, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = cli(["train-ensemble", prepared_sample32, "--run", run, *FAST, "--epochs", "1",
+                          "--independent-init"], capsys)
+    assert code == 0, err
+    c = read_run(run)["config"]
+    assert c["paired_init"] is False and len(set(c["seeds"]["ndm"] + c["seeds"]["udm"])) == 4
+    # NDM seeds do not depend on pairing: an NDM-only comparison across the two modes is fair.
+    assert c["seeds"]["ndm"] == [member_seed(0, "ndm", i) for i in range(2)]
 
 
 def test_aeu_loader_returns_mean_and_logvar(prepared_sample32, tmp_path):

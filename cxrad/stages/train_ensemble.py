@@ -52,9 +52,14 @@ __all__ = ["train_ensemble", "read_run", "run_config", "member_seed"]
 OPERATIONAL = ("module", "device", "checkpoint_every")
 
 
-def member_seed(base: int, module: str, i: int) -> int:
-    """Deterministic, well-mixed seed of member i of a module (recorded in the manifests)."""
-    return int(np.random.SeedSequence([int(base), MODULES.index(module), int(i)]).generate_state(1)[0])
+def member_seed(base: int, module: str, i: int, paired: bool = True) -> int:
+    """Deterministic, well-mixed seed of member i of a module (recorded in the manifests).
+
+    The seed fixes the member's initial weights and its shuffling. ``paired``: member i gets the
+    same seed in both modules (common random numbers), so init noise cancels in A_inter.
+    """
+    stream = 0 if paired else MODULES.index(module)
+    return int(np.random.SeedSequence([int(base), stream, int(i)]).generate_state(1)[0])
 
 
 def _modules(cfg: EnsembleConfig) -> list[str]:
@@ -141,7 +146,7 @@ def run_config(cfg: EnsembleConfig, prepared: Path, size: int) -> dict[str, Any]
     body.update(
         modules=modules,
         image_size=size,
-        seeds={m: [member_seed(cfg.seed, m, i) for i in range(cfg.members)] for m in modules},
+        seeds={m: [member_seed(cfg.seed, m, i, cfg.paired_init) for i in range(cfg.members)] for m in modules},
         prepared=input_record(prepared),
         preprocessing=preprocessing_of(prepared),
     )
