@@ -80,7 +80,7 @@ def test_independent_init_gives_every_member_its_own_seed(prepared_sample32, tmp
     c = read_run(run)["config"]
     assert c["paired_init"] is False and len(set(c["seeds"]["ndm"] + c["seeds"]["udm"])) == 4
     # NDM seeds do not depend on pairing: an NDM-only comparison across the two modes is fair.
-    assert c["seeds"]["ndm"] == [member_seed(0, "ndm", i) for i in range(2)]
+    assert c["seeds"]["ndm"] == [member_seed(0, "ndm", i, paired=True) for i in range(2)]
 
 
 def test_aeu_loader_returns_mean_and_logvar(prepared_sample32, tmp_path):

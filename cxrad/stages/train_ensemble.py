@@ -52,7 +52,7 @@ __all__ = ["train_ensemble", "read_run", "run_config", "member_seed"]
 OPERATIONAL = ("module", "device", "checkpoint_every")
 
 
-def member_seed(base: int, module: str, i: int, paired: bool = True) -> int:
+def member_seed(base: int, module: str, i: int, *, paired: bool) -> int:
     """Deterministic, well-mixed seed of member i of a module (recorded in the manifests).
 
     The seed fixes the member's initial weights and its shuffling. ``paired``: member i gets the
@@ -146,7 +146,7 @@ def run_config(cfg: EnsembleConfig, prepared: Path, size: int) -> dict[str, Any]
     body.update(
         modules=modules,
         image_size=size,
-        seeds={m: [member_seed(cfg.seed, m, i, cfg.paired_init) for i in range(cfg.members)] for m in modules},
+        seeds={m: [member_seed(cfg.seed, m, i, paired=cfg.paired_init) for i in range(cfg.members)] for m in modules},
         prepared=input_record(prepared),
         preprocessing=preprocessing_of(prepared),
     )
