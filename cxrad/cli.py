@@ -142,6 +142,8 @@ def train_ensemble(
     seed: int = typer.Option(E.seed, "--seed"),
     paired_init: bool = typer.Option(E.paired_init, "--paired-init/--independent-init",
                                      help="UDM member i starts like NDM member i (default) or independently (reference)."),
+    ema_decay: float = typer.Option(E.ema_decay, "--ema-decay",
+                                    help="Save an exponential moving average of the weights (0 = last step, reference)."),
     checkpoint_every: int = typer.Option(E.checkpoint_every, "--checkpoint-every", help="Epochs between checkpoints."),
     member: Optional[int] = typer.Option(None, "--member", help="Train only member i (one process per member; "
                                          "default under SLURM: from SLURM_ARRAY_TASK_ID)."),
@@ -154,8 +156,8 @@ def train_ensemble(
     from cxrad.stages.train_ensemble import train_ensemble as run_train
 
     cfg = EnsembleConfig(module=module, members=members, backbone=backbone, epochs=epochs, batch_size=batch_size,
-                         lr=lr, seed=seed, paired_init=paired_init, checkpoint_every=checkpoint_every,
-                         device=device, amp=amp)
+                         lr=lr, seed=seed, paired_init=paired_init, ema_decay=ema_decay,
+                         checkpoint_every=checkpoint_every, device=device, amp=amp)
     typer.echo(run_train(prepared, run, cfg, member=member, resume=resume, force=force))
 
 

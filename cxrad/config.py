@@ -54,6 +54,10 @@ class EnsembleConfig:
                                         # UDM, not two independent inits (measured: +1.6 to +2.7 AUC on
                                         # ZhangLab, benchmarks/results/zhanglab-asr-study.md); False = the
                                         # reference's independent members
+    ema_decay: float = 0.998            # keep an exponential moving average of each member's weights and
+                                        # save it (BN statistics recomputed over the training set); warm-up
+                                        # min(decay, (1+t)/(10+t)) over steps t, so short runs average
+                                        # their last ~10 % of steps. 0 = the reference: last step's weights
     checkpoint_every: int = 10          # epochs between checkpoints
     device: str = "auto"
     amp: bool = False                   # bf16 autocast of the forward pass; CUDA only (changes results)

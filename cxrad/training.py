@@ -17,6 +17,7 @@ No file paths here: the stage decides where checkpoints go (``save`` callback).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import threading
@@ -58,10 +59,13 @@ class GroupTrainer:
     """K members of one backbone trained together on one data tensor.
 
     ``arch``: size, latent_dim, memory_items, shrink_threshold (see BatchedEnsemble).
+    ``ema_decay`` > 0 keeps an exponential moving average of every member's weights, updated after
+    each step (:meth:`final_model` returns it with recomputed BN statistics).
     """
 
     def __init__(self, backbone: str, seeds: Sequence[int], arch: dict, lr: float, betas, weight_decay: float,
-                 device: torch.device, checkpoints: Sequence[dict] | None = None, amp: bool = False):
+                 device: torch.device, checkpoints: Sequence[dict] | None = None, amp: bool = False,
+                 ema_decay: float = 0.0):
         self.backbone, self.seeds, self.device = backbone, list(seeds), device
         # bf16 autocast of the forward pass (CUDA only); losses are computed in float32.
         self.amp = amp and device.type == "cuda"
@@ -77,6 +81,9 @@ class GroupTrainer:
         # batched and the one-member paths stay bit-identical with it (tested).
         self.model.to(device, memory_format=torch.channels_last).train()
         self.optimizer = make_optimizer(self.model, lr, betas, weight_decay)
+        self.ema_decay = float(ema_decay)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if self.ema_decay > 0 else None
+        self.steps = 0
         self.generators = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
         self.epoch = 0
         self.history: list[list[float]] = [[] for _ in range(k)]
@@ -107,10 +114,47 @@ class GroupTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()
             self.optimizer.step()
+            self._update_ema()
             total += loss.detach()
         self.epoch += 1
         # One device->host sync per epoch, not per step.
         return (total / max(steps, 1)).tolist()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        self.steps += 1
+        if self.ema is None:
+            return
+        # Warm-up: the average forgets the random init quickly, whatever the run length.
+        decay = min(self.ema_decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
+
+    @torch.no_grad()
+    def final_model(self, data: torch.Tensor, batch_size: int) -> BatchedEnsemble:
+        """The weights to keep, in eval mode: the trained model, or with ``ema_decay`` the averaged
+        weights with BatchNorm statistics recomputed over ``data`` (N, s, s) in [-1, 1].
+
+        The running statistics of training belong to the last iterates, not to their average, so
+        they are replaced by the cumulative mean over one pass of full batches in a fixed order
+        ("precise BN"); every member sees the same batches, which keeps members independent of
+        how they were grouped.
+        """
+        if self.ema is None:
+            return self.model.eval()
+        net = self.ema
+        bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        net.train()
+        for j in range(max(len(data) // batch_size, 1)):
+            x = data[j * batch_size:(j + 1) * batch_size, None].contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                net(x)
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        return net.eval()
 
     # ------------------------------------------------------------------------------------------
     def member_checkpoint(self, i: int) -> dict:
@@ -136,6 +180,8 @@ class GroupTrainer:
             "generator": self.generators[i].get_state(),
             "history": list(self.history[i]),
             "wall_s": float(self.wall_s[i]),
+            "steps": self.steps,
+            "ema": self.ema.member_state_dict(i) if self.ema is not None else None,
         }
 
     def _restore(self, checkpoints: Sequence[dict]) -> None:
@@ -159,6 +205,11 @@ class GroupTrainer:
         self.optimizer.load_state_dict(sd)
         for g, c in zip(self.generators, checkpoints):
             g.set_state(c["generator"])
+        self.steps = int(checkpoints[0].get("steps", 0))
+        if self.ema is not None:
+            if any(c.get("ema") is None for c in checkpoints):
+                raise ValueError("the checkpoints hold no weight average; resume with the ema_decay they were made with")
+            self.ema.load_member_states([c["ema"] for c in checkpoints])
         self.history = [list(c["history"]) for c in checkpoints]
         self.wall_s = [float(c["wall_s"]) for c in checkpoints]
 

@@ -144,6 +144,68 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(prepared_sample32, tmp_path, m
 
 
 # ---------------------------------------------------------------------------------------------
+# weight average (EnsembleConfig.ema_decay)
+# ---------------------------------------------------------------------------------------------
+def _trainer(ema_decay):
+    from cxrad.training import GroupTrainer
+
+    arch = dict(size=32, latent_dim=16, memory_items=25, shrink_threshold=0.0)
+    return GroupTrainer("ae", [11, 12], arch, 5e-4, (0.5, 0.999), 0.0, torch.device("cpu"), ema_decay=ema_decay)
+
+
+def test_weight_average_follows_the_warm_up_formula(prepared_sample32):
+    """The kept average equals the EMA computed by hand from the recorded iterates, with decay
+    min(d, (1+t)/(10+t)) at step t, and differs from the last step's weights."""
+    from cxrad.io.store import load_split
+
+    data = torch.from_numpy(load_split(prepared_sample32, "normal").images) * 2 - 1
+    trainer = _trainer(0.9)
+    name, param = "decoder.0.weight", dict(trainer.model.named_parameters())["decoder.0.weight"]
+    expected = param.detach().clone()
+    iterates = []
+    trainer.optimizer.register_step_post_hook(lambda *a: iterates.append(param.detach().clone()))
+    for _ in range(3):
+        trainer.run_epoch(data, 8, losses.for_backbone("ae"))
+    assert trainer.steps == len(iterates) == 3 * (len(data) // 8)
+    for t, w in enumerate(iterates, start=1):
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * w
+    ema = dict(trainer.ema.named_parameters())[name]
+    torch.testing.assert_close(ema, expected, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(ema, param, atol=1e-4)
+
+
+def test_kept_average_has_bn_statistics_of_the_training_set(prepared_sample32):
+    """final_model(): BN running mean of the first layer = mean over the full batches of the data
+    of the averaged weights' first convolution output ("precise BN"), not the training's EMA stats."""
+    from cxrad.io.store import load_split
+
+    data = torch.from_numpy(load_split(prepared_sample32, "normal").images) * 2 - 1
+    trainer = _trainer(0.99)
+    trainer.run_epoch(data, 8, losses.for_backbone("ae"))
+    final = trainer.final_model(data, 8)
+    assert final is trainer.ema and not final.training
+    used = data[: (len(data) // 8) * 8, None]
+    with torch.no_grad():
+        conv_out = final.encoder[0](used.expand(-1, 2, -1, -1))     # members side by side: (N, K·C, h, w)
+    torch.testing.assert_close(final.encoder[1].running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert _trainer(0.0).final_model(data, 8) is not None and _trainer(0.0).ema is None
+
+
+def test_saved_weights_are_the_average_or_the_last_step(prepared_sample32, tmp_path):
+    base = dict(module="ndm", members=2, epochs=2, batch_size=8, device="cpu")
+    avg, last = tmp_path / "avg", tmp_path / "last"
+    train_ensemble(prepared_sample32, avg, EnsembleConfig(**base))
+    train_ensemble(prepared_sample32, last, EnsembleConfig(**base, ema_decay=0.0))
+    assert read_run(avg)["config"]["ema_decay"] == EnsembleConfig().ema_decay > 0
+    info = json.loads((avg / "ensemble" / "ndm" / "member-0.json").read_text())
+    assert info["weights"].startswith("ema")
+    assert json.loads((last / "ensemble" / "ndm" / "member-0.json").read_text())["weights"] == "last step"
+    a, b = weights(avg, "ndm", 2), weights(last, "ndm", 2)
+    assert not torch.allclose(a[0]["decoder.0.weight"], b[0]["decoder.0.weight"])
+
+
+# ---------------------------------------------------------------------------------------------
 # wrong inputs: one line, exit != 0, nothing written
 # ---------------------------------------------------------------------------------------------
 def _prepared_with_empty_normal(folder, like):
@@ -162,7 +224,7 @@ def _snapshot(path):
 
 
 @pytest.mark.parametrize("case", ["non_run_folder", "wrong_kind", "wrong_schema", "empty_normal", "members_1",
-                                  "cuda_without_gpu", "resume_nothing", "bad_backbone", "amp_on_cpu"])
+                                  "cuda_without_gpu", "resume_nothing", "bad_backbone", "amp_on_cpu", "ema_decay_1"])
 def test_wrong_inputs_are_one_line_errors(case, prepared_sample32, tmp_path, capsys):
     prepared, run = prepared_sample32, tmp_path / "run"
     extra: list[str] = []
@@ -193,6 +255,8 @@ def test_wrong_inputs_are_one_line_errors(case, prepared_sample32, tmp_path, cap
         extra = ["--backbone", "vae"]
     elif case == "amp_on_cpu":
         extra = ["--amp"]
+    elif case == "ema_decay_1":
+        extra = ["--ema-decay", "1"]
     before = _snapshot(run)
     args = ["train-ensemble", prepared, "--run", run, "--epochs", "1", "--batch-size", "8", "--device", "cpu", *extra]
     code, out, err = cli(args, capsys)

@@ -78,6 +78,8 @@ def _check_config(cfg: EnsembleConfig) -> None:
             raise CxradError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1.")
     if not cfg.lr > 0:
         raise CxradError(f"--lr {cfg.lr}: must be positive.")
+    if not 0 <= cfg.ema_decay < 1:
+        raise CxradError(f"--ema-decay {cfg.ema_decay}: use a value in [0, 1), e.g. 0.998; 0 keeps the last step's weights.")
 
 
 def _check_amp(cfg: EnsembleConfig, device: torch.device) -> None:
@@ -317,7 +319,8 @@ def _train_group(run: Path, prepared: Path, cfg: EnsembleConfig, config: dict, d
     seeds = [config["seeds"][module][i] for i in members]
     arch = dict(size=config["image_size"], latent_dim=cfg.latent_dim, memory_items=cfg.memory_items,
                 shrink_threshold=cfg.shrink_threshold)
-    trainer = GroupTrainer(cfg.backbone, seeds, arch, cfg.lr, cfg.betas, cfg.weight_decay, device, ckpts, amp=cfg.amp)
+    trainer = GroupTrainer(cfg.backbone, seeds, arch, cfg.lr, cfg.betas, cfg.weight_decay, device, ckpts, amp=cfg.amp,
+                           ema_decay=cfg.ema_decay)
     loss_fn = losses.for_backbone(cfg.backbone, cfg.entropy_weight)
     if ckpts:
         progress.log(f"{run}: resuming {module} member(s) {members} at epoch {trainer.epoch}")
@@ -352,14 +355,16 @@ def _train_group(run: Path, prepared: Path, cfg: EnsembleConfig, config: dict, d
         raise CxradError(f"{run}: {module} training {exc}; checkpoint saved; continue with {resume_cmd}.",
                          exit_code=128 + exc.signum) from None
 
+    final = trainer.final_model(data, cfg.batch_size)
     for k, i in enumerate(members):
         weights = member_weights_path(run, module, i)
         with atomic_path(weights) as tmp:
-            torch.save(trainer.model.member_state_dict(k), tmp)
+            torch.save(final.member_state_dict(k), tmp)
         write_json_atomic(member_info_path(run, module, i), {
             "module": module, "member": i, "seed": seeds[k], "epochs": trainer.epoch,
             "final_loss": trainer.history[k][-1], "losses": trainer.history[k],
             "wall_s": round(trainer.wall_s[k], 3), "trained_with": len(members),
+            "weights": f"ema {cfg.ema_decay} + precise BN" if cfg.ema_decay > 0 else "last step",
             "device": device_name(device), "config_sha256": digest, "weights_bytes": weights.stat().st_size,
         })
         member_checkpoint_path(run, module, i).unlink(missing_ok=True)
