@@ -28,6 +28,7 @@ import torch
 
 from cxrad import progress
 from cxrad.models.ensemble import BatchedEnsemble, init_members
+from cxrad.models.precise_bn import precise_bn
 
 CHECKPOINT_FORMAT = 1
 
@@ -132,29 +133,16 @@ class GroupTrainer:
     @torch.no_grad()
     def final_model(self, data: torch.Tensor, batch_size: int) -> BatchedEnsemble:
         """The weights to keep, in eval mode: the trained model, or with ``ema_decay`` the averaged
-        weights with BatchNorm statistics recomputed over ``data`` (N, s, s) in [-1, 1].
-
-        The running statistics of training belong to the last iterates, not to their average, so
-        they are replaced by the cumulative mean over one pass of full batches in a fixed order
-        ("precise BN"); every member sees the same batches, which keeps members independent of
-        how they were grouped.
+        weights with BatchNorm statistics recomputed over ``data`` (N, s, s) in [-1, 1]: one pass
+        of full batches in a fixed order, the same for every member, so a member's result does not
+        depend on how members were grouped (:func:`~cxrad.models.precise_bn.precise_bn`).
         """
         if self.ema is None:
             return self.model.eval()
-        net = self.ema
-        bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-        net.train()
-        for j in range(max(len(data) // batch_size, 1)):
-            x = data[j * batch_size:(j + 1) * batch_size, None].contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                net(x)
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        return net.eval()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            return precise_bn(self.ema, (data[j * batch_size:(j + 1) * batch_size, None]
+                                         .contiguous(memory_format=torch.channels_last)
+                                         for j in range(max(len(data) // batch_size, 1))))
 
     # ------------------------------------------------------------------------------------------
     def member_checkpoint(self, i: int) -> dict:

@@ -82,7 +82,8 @@ def test_learns_a_square():
 
 
 def test_ema_and_precise_bn():
-    from cxrad.stages.refine import ema_update, recompute_bn
+    from cxrad.models.precise_bn import precise_bn
+    from cxrad.stages.refine import ema_update
 
     torch.manual_seed(0)
     net, ema = ASRNet(1, hidden=4), ASRNet(1, hidden=4)
@@ -96,7 +97,7 @@ def test_ema_and_precise_bn():
     assert all(torch.allclose(e, b + 0.25) for e, b in zip(ema.parameters(), before))
     # precise BN: running mean of the first BN = mean of conv1's output over all batches
     batches = [(torch.randn(3, 1, 6, 6) + i, None) for i in range(4)]
-    recompute_bn(net, batches)
+    precise_bn(net, (x for x, _ in batches))
     with torch.no_grad():
         conv_out = torch.cat([net.body[0](x) for x, _ in batches])
     assert torch.allclose(net.body[1].running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-5)

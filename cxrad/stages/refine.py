@@ -36,6 +36,7 @@ from cxrad.errors import CxradError
 from cxrad.fpi import apply_recipes
 from cxrad.io.store import load_split
 from cxrad.models.asr_net import INPUT_CHANNELS, ASRNet, anomaly_probability, asr_inputs, focal_loss, scale_inputs
+from cxrad.models.precise_bn import precise_bn
 from cxrad.stages.synthesize import read_recipes, synth_epochs, synth_space
 
 MODEL_FILE, CKPT_FILE, LOG_FILE = "asr.pt", "checkpoint.ckpt", "log.json"
@@ -131,22 +132,6 @@ def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
         pe.lerp_(p, 1.0 - decay)
     for be, b in zip(ema.buffers(), net.buffers()):
         be.copy_(b)
-
-
-@torch.no_grad()
-def recompute_bn(net: nn.Module, batches) -> None:
-    """Replace BN running statistics by their cumulative average over ``batches`` ("precise BN")."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-    net.train()
-    for x, _ in batches:
-        net(x)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    net.eval()
 
 
 def load_asr(folder: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -264,8 +249,9 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
     def kept_model(last_recipes, last_epoch: int) -> nn.Module:
         model = copy.deepcopy(ema if ema is not None else net)
         if cfg.precise_bn:  # over the last epoch's inputs, as training saw them
-            recompute_bn(model, synthetic_batches(ens, pool, last_recipes, max(cfg.batch_size, 32), cfg.inputs, scales,
-                                                  epoch_gains(last_epoch, len(last_recipes)), clip, map_pools))
+            precise_bn(model, (x for x, _ in synthetic_batches(
+                ens, pool, last_recipes, max(cfg.batch_size, 32), cfg.inputs, scales,
+                epoch_gains(last_epoch, len(last_recipes)), clip, map_pools)))
         model.eval()
         return model
 
