@@ -32,9 +32,10 @@ def main(argv=None) -> int:
     from cxrad import losses
     from cxrad.config import EnsembleConfig
     from cxrad.io.store import load_split
-    from cxrad.models.precise_bn import precise_bn
+    from cxrad.discrepancy import discrepancy_maps, image_score
+    from cxrad.models.weight_average import precise_bn
     from cxrad.stages.train_ensemble import member_seed
-    from cxrad.training import GroupTrainer
+    from cxrad.training import GroupTrainer, full_batches
 
     d = EnsembleConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,16 +72,12 @@ def main(argv=None) -> int:
     def aucs(ndm, udm) -> tuple[float, float]:
         was = ndm.training, udm.training
         ndm.eval(), udm.eval()
-        n, u = ndm(x_test)[:, :, 0], udm(x_test)[:, :, 0]        # (K, N, s, s)
+        maps = discrepancy_maps(x_test, ndm(x_test), udm(x_test))
         ndm.train(was[0]), udm.train(was[1])
-        inter = (n.mean(0) - u.mean(0)).abs().mean((1, 2))
-        intra = n.std(0).mean((1, 2))
-        return round(100 * roc_auc_score(y, inter), 2), round(100 * roc_auc_score(y, intra), 2)
+        return tuple(round(100 * roc_auc_score(y, image_score(maps[k])), 2) for k in ("A_inter", "A_intra"))
 
     def with_precise_bn(model, module):
-        x = data[module]
-        return precise_bn(copy.deepcopy(model), (x[j:j + args.batch_size, None]
-                                                 for j in range(0, len(x) - args.batch_size + 1, args.batch_size)))
+        return precise_bn(copy.deepcopy(model), full_batches(data[module], args.batch_size))
 
     tail, tail_n = {}, 0
     out = args.out.open("w") if args.out else None

@@ -28,7 +28,7 @@ import torch
 
 from cxrad import progress
 from cxrad.models.ensemble import BatchedEnsemble, init_members
-from cxrad.models.precise_bn import precise_bn
+from cxrad.models.weight_average import ema_decay_at, ema_update, precise_bn
 
 CHECKPOINT_FORMAT = 1
 
@@ -47,6 +47,13 @@ class Interrupted(RuntimeError):
     def __init__(self, signum: int, epoch: int):
         super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}")
         self.signum, self.epoch = signum, epoch
+
+
+def full_batches(data: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive batches (B, 1, s, s), channels_last, of data (N, s, s) in a fixed order; the
+    incomplete last batch is dropped (one short batch when N < batch_size)."""
+    for j in range(max(len(data) // batch_size, 1)):
+        yield data[j * batch_size:(j + 1) * batch_size, None].contiguous(memory_format=torch.channels_last)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, betas: Sequence[float], weight_decay: float):
@@ -124,25 +131,20 @@ class GroupTrainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         self.steps += 1
-        if self.ema is None:
-            return
-        # Warm-up: the average forgets the random init quickly, whatever the run length.
-        decay = min(self.ema_decay, (1 + self.steps) / (10 + self.steps))
-        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
+        if self.ema is not None:
+            ema_update(self.ema, self.model, ema_decay_at(self.ema_decay, self.steps))
 
     @torch.no_grad()
     def final_model(self, data: torch.Tensor, batch_size: int) -> BatchedEnsemble:
         """The weights to keep, in eval mode: the trained model, or with ``ema_decay`` the averaged
         weights with BatchNorm statistics recomputed over ``data`` (N, s, s) in [-1, 1]: one pass
         of full batches in a fixed order, the same for every member, so a member's result does not
-        depend on how members were grouped (:func:`~cxrad.models.precise_bn.precise_bn`).
+        depend on how members were grouped (:func:`~cxrad.models.weight_average.precise_bn`).
         """
         if self.ema is None:
             return self.model.eval()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            return precise_bn(self.ema, (data[j * batch_size:(j + 1) * batch_size, None]
-                                         .contiguous(memory_format=torch.channels_last)
-                                         for j in range(max(len(data) // batch_size, 1))))
+            return precise_bn(self.ema, full_batches(data, batch_size))
 
     # ------------------------------------------------------------------------------------------
     def member_checkpoint(self, i: int) -> dict:

@@ -82,8 +82,7 @@ def test_learns_a_square():
 
 
 def test_ema_and_precise_bn():
-    from cxrad.models.precise_bn import precise_bn
-    from cxrad.stages.refine import ema_update
+    from cxrad.models.weight_average import ema_update, precise_bn
 
     torch.manual_seed(0)
     net, ema = ASRNet(1, hidden=4), ASRNet(1, hidden=4)

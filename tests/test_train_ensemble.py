@@ -189,7 +189,8 @@ def test_kept_average_has_bn_statistics_of_the_training_set(prepared_sample32):
     with torch.no_grad():
         conv_out = final.encoder[0](used.expand(-1, 2, -1, -1))     # members side by side: (N, K·C, h, w)
     torch.testing.assert_close(final.encoder[1].running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-4)
-    assert _trainer(0.0).final_model(data, 8) is not None and _trainer(0.0).ema is None
+    plain = _trainer(0.0)
+    assert plain.ema is None and plain.final_model(data, 8) is plain.model and not plain.model.training
 
 
 def test_saved_weights_are_the_average_or_the_last_step(prepared_sample32, tmp_path):

@@ -36,7 +36,7 @@ from cxrad.errors import CxradError
 from cxrad.fpi import apply_recipes
 from cxrad.io.store import load_split
 from cxrad.models.asr_net import INPUT_CHANNELS, ASRNet, anomaly_probability, asr_inputs, focal_loss, scale_inputs
-from cxrad.models.precise_bn import precise_bn
+from cxrad.models.weight_average import ema_decay_at, ema_update, precise_bn
 from cxrad.stages.synthesize import read_recipes, synth_epochs, synth_space
 
 MODEL_FILE, CKPT_FILE, LOG_FILE = "asr.pt", "checkpoint.ckpt", "log.json"
@@ -124,14 +124,6 @@ def synthetic_batches(ens: RunEnsembles, pool: torch.Tensor, recipes, batch_size
         if gains is not None:
             x = x * torch.as_tensor(gains[i:i + batch_size], device=x.device)[:, :, None, None]
         yield x, mask
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    for pe, p in zip(ema.parameters(), net.parameters()):
-        pe.lerp_(p, 1.0 - decay)
-    for be, b in zip(ema.buffers(), net.buffers()):
-        be.copy_(b)
 
 
 def load_asr(folder: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -277,7 +269,7 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
                 opt.step()
                 step += 1
                 if ema is not None:
-                    ema_update(ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
+                    ema_update(ema, net, ema_decay_at(cfg.ema_decay, step))
                 losses.append(loss.item())
                 bar.advance(1, f"loss {np.mean(losses):.4f}")
         log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - te})

@@ -1,4 +1,7 @@
-"""BatchNorm statistics for weights that were never trained as such (a weight average)."""
+"""Averaged weights: the EMA update with its warm-up, and BatchNorm statistics for the average.
+
+Shared by the reconstruction ensembles (`cxrad.training`) and ASR-Net (`cxrad.stages.refine`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,23 @@ from typing import Iterable
 
 import torch
 from torch import nn
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """Decay of the EMA update after optimizer step ``step`` (1, 2, ...): min(decay, (1+t)/(10+t)).
+
+    The warm-up lets the average forget the random init within a few steps, whatever the run
+    length: a short run averages roughly its last 10 % of steps, a long one reaches ``decay``.
+    """
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·net for every parameter; buffers are copied from ``net``."""
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - decay)
+    for be, b in zip(ema.buffers(), net.buffers()):
+        be.copy_(b)
 
 
 @torch.no_grad()
