@@ -115,6 +115,9 @@ def prepare(
     unlabeled_count: Optional[int] = typer.Option(P.unlabeled_count, "--unlabeled-count", help="Du size."),
     anomaly_rate: Optional[float] = typer.Option(P.anomaly_rate, "--anomaly-rate", help="Share of abnormal images in Du."),
     test_fraction: float = typer.Option(P.test_fraction, "--test-fraction", help="Hold-out when SOURCE has no test set."),
+    val_normals: int = typer.Option(P.val_normals, "--val-normals",
+                                    help="Hold this many normal images out of training; the decision threshold "
+                                         "comes from their scores."),
     seed: int = typer.Option(P.seed, "--seed"),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact at --out."),
 ) -> None:
@@ -124,7 +127,8 @@ def prepare(
     cfg = PrepareConfig(size=size, intensity=intensity, percentiles=tuple(percentiles), crop=crop,
                         voi_lut=not no_voi_lut, allow_modality=tuple(allow_modality), store_dtype=store_dtype,
                         workers=workers, normal_count=normal_count, unlabeled_count=unlabeled_count,
-                        anomaly_rate=anomaly_rate, test_fraction=test_fraction, seed=seed)
+                        anomaly_rate=anomaly_rate, test_fraction=test_fraction, val_normals=val_normals,
+                        seed=seed)
     typer.echo(run_prepare(source, out, cfg, labels=labels, split_file=split_file, force=force))
 
 
@@ -222,14 +226,17 @@ def evaluate(
     run: Path = typer.Argument(..., help="A run with maps and/or ASR nets."),
     split: str = typer.Option(V.split, "--split", help="A labelled split (default: test)."),
     percentile: float = typer.Option(V.threshold_percentile, "--threshold-percentile",
-                                     help="Threshold = this percentile of the normal training images' scores."),
+                                     help="Threshold = this percentile of the calibration normals' scores."),
+    threshold_from: str = typer.Option(V.threshold_from, "--threshold-from",
+                                       help="auto (held-out val normals when >= 20, else training normals) | val | normal"),
     device: str = typer.Option(V.device, "--device"),
     force: bool = typer.Option(False, "--force"),
 ) -> None:
     """AUC/AP/F1 and thresholded metrics of every score, plots and overlays -> RUN/eval/."""
     from cxrad.stages.evaluate import evaluate as run_eval
 
-    run_eval(run, EvaluateConfig(split=split, threshold_percentile=percentile, device=device), force=force)
+    run_eval(run, EvaluateConfig(split=split, threshold_percentile=percentile, threshold_from=threshold_from,
+                                 device=device), force=force)
     typer.echo(Path(run) / "eval")
 
 

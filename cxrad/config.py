@@ -29,6 +29,9 @@ class PrepareConfig:
     unlabeled_count: Optional[int] = None
     anomaly_rate: Optional[float] = None
     test_fraction: float = 0.2          # hold-out when the input has no test split
+    val_normals: int = 0                # normal images held out of training as the `val` split: the
+                                        # decision threshold comes from their scores (training normals
+                                        # score lower than unseen ones; measured in the README)
     seed: int = 0
 
 
@@ -127,7 +130,10 @@ class EvaluateConfig:
     """`cxrad evaluate`: metrics and report on the labelled test split (DESIGN §3)."""
 
     split: str = "test"
-    threshold_percentile: float = 95.0  # of the normal training images' scores
+    threshold_percentile: float = 95.0  # of the calibration normals' scores
+    threshold_from: str = "auto"        # "auto": held-out normals (val split, >= 20) when present, else the
+                                        # normal training images; "val" or "normal" to force one
+                                        # (cxrad/thresholds.py says why held-out normals are better)
     overlay_count: int = 8              # highest and lowest scored images shown
     device: str = "auto"
 

@@ -8,11 +8,14 @@ Rules (in this order):
 1. Test hold-out (only when the input names no test set): whole patients, seeded, until at least
    ``test_fraction`` of the *labelled* pool images are held out; unknown-label images never go to
    test (they could not be scored).
-2. Dn: ``normal_count`` images of label 0.
-3. Du: with ``anomaly_rate`` r, ``round(r·u)`` images of label 1 and the rest of label 0 (images of
+2. Calibration hold-out (``val_normals`` > 0): that many label-0 images (whole patients, seeded) go
+   to the ``val`` set. No model trains on them; `cxrad evaluate` and `cxrad predict` take their
+   decision threshold from their scores, since training normals score lower than unseen ones.
+3. Dn: ``normal_count`` images of label 0.
+4. Du: with ``anomaly_rate`` r, ``round(r·u)`` images of label 1 and the rest of label 0 (images of
    unknown label are not used, their rate is unknown). Without r, ``u`` images drawn uniformly
    from what is left of the pool, whatever their label.
-4. Defaults: ``normal_count`` missing = every label-0 image Du does not need; ``unlabeled_count``
+5. Defaults: ``normal_count`` missing = every label-0 image Du does not need; ``unlabeled_count``
    missing = the largest count the pool allows (with r) or all that is left (without r). With no
    count and no rate at all, Dn = all label-0 images and Du = all unknown-label images; a pool whose
    images are all labelled then needs explicit counts (else Du would be 100 % abnormal).
@@ -39,6 +42,7 @@ class SplitRequest:
     anomaly_rate: Optional[float] = None
     seed: int = 0
     test_fraction: float = 0.2
+    val_normals: int = 0
 
 
 def n_abnormal(unlabeled_count: int, anomaly_rate: float) -> int:
@@ -47,7 +51,7 @@ def n_abnormal(unlabeled_count: int, anomaly_rate: float) -> int:
 
 
 def _validate(req: SplitRequest) -> None:
-    for name in ("normal_count", "unlabeled_count"):
+    for name in ("normal_count", "unlabeled_count", "val_normals"):
         v = getattr(req, name)
         if v is not None and v < 0:
             raise CxradError(f"--{name.replace('_', '-')} {v}: must be >= 0.")
@@ -134,7 +138,8 @@ def _max_unlabeled(p0: int, p1: int, r: float) -> int:
 
 def select(labels: np.ndarray, req: SplitRequest, patient_ids: Optional[Sequence[str]] = None,
            *, need_test: bool = False, pool_name: str = "the training pool") -> dict[str, np.ndarray]:
-    """Split a pool into ``normal`` / ``unlabeled`` (and ``test`` when ``need_test``).
+    """Split a pool into ``normal`` / ``unlabeled`` (and ``test`` when ``need_test``, ``val`` when
+    ``req.val_normals``).
 
     ``labels``: (N,) int, 0 / 1 / -1. ``patient_ids``: N strings ('' = none) or None.
     Returns set name -> sorted indices into the pool; images in no set are simply unused.
@@ -159,6 +164,17 @@ def select(labels: np.ndarray, req: SplitRequest, patient_ids: Optional[Sequence
                 rest.append(g)
         out["test"] = _cat(test)
         groups = rest
+
+    if req.val_normals:
+        val, groups, rem = _take(groups, labels, {0: req.val_normals}, {0})
+        if rem[0]:
+            n0 = int(sum(int((labels[g] == 0).sum()) for g in val + groups))
+            raise CxradError(
+                f"{pool_name}: --val-normals {req.val_normals} asks for more normal images than "
+                + (f"the {n0} left after the test hold-out" if not grouped else
+                   f"whole all-normal patients can give exactly (largest found: {req.val_normals - rem[0]})")
+                + "; lower --val-normals.")
+        out["val"] = _cat(val)
 
     pool = _cat(groups)
     p0 = int((labels[pool] == 0).sum())

@@ -85,3 +85,21 @@ def tiny_run(tmp_path_factory) -> dict:
     result = run_pipeline(config, root / "work")
     return {"config": config, "workdir": root / "work", "run": Path(result["run"]),
             "prepared": Path(result["prepared"]), "result": result}
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)`` runs `cxrad --no-progress ARGS` in-process -> (exit code, stdout, stderr)."""
+    from cxrad.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop what earlier steps of the test printed
+        try:
+            main(["--no-progress", *map(str, args)])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -15,22 +15,10 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxrad.artifacts import read_manifest, write_manifest
-from cxrad.cli import main
 from cxrad.config import EnsembleConfig
 from cxrad.io.store import load_split, write_prepared_h5
 
 TINY = EnsembleConfig(members=2, epochs=2, batch_size=16, checkpoint_every=1, device="cpu")
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `cxrad ARGS` in-process; -> (exit code, stdout, stderr)."""
-    try:
-        main(["--no-progress", *map(str, args)])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +30,19 @@ def trained_run(prepared_sample32, tmp_path_factory) -> Path:
     return run
 
 
-def test_score_before_ensembles(tmp_path, capsys, prepared_sample32):
+def test_score_before_ensembles(tmp_path, cli, prepared_sample32):
     run = tmp_path / "run"
     run.mkdir()
     write_manifest(run, "run", {"backbone": "ae"})
-    code, _, err = cli(capsys, "score", run)
+    code, _, err = cli("score", run)
     assert code != 0 and "cxrad train-ensemble" in err and len(err.strip().splitlines()) == 1
-    code, _, err = cli(capsys, "score", tmp_path / "nothing")
+    code, _, err = cli("score", tmp_path / "nothing")
     assert code != 0 and "cxrad train-ensemble" in err
 
 
-def test_full_chain(trained_run, capsys):
+def test_full_chain(trained_run, cli):
     run = trained_run
-    assert cli(capsys, "synthesize", run, "--epochs", 2, "--seed", 1)[0] == 0
+    assert cli("synthesize", run, "--epochs", 2, "--seed", 1)[0] == 0
     with h5py.File(run / "synth" / "fpi.h5") as h5:
         assert h5["source"].shape == (2, 30) and h5["preview/images"].shape[0] > 0
         # default (auto) with unlabelled images: map-space blend, donors index the 25 unlabelled images
@@ -62,21 +50,21 @@ def test_full_chain(trained_run, capsys):
         assert h5["donor"][...].max() < 25 and h5["source"][...].max() == 29
     assert (run / "synth" / "preview.png").stat().st_size > 0
     for mode in ("dual", "intra"):
-        code, _, err = cli(capsys, "refine", run, "--inputs", mode, "--epochs", 2, "--batch-size", 8, "--device", "cpu")
+        code, _, err = cli("refine", run, "--inputs", mode, "--epochs", 2, "--batch-size", 8, "--device", "cpu")
         assert code == 0, err
         m = read_manifest(run / "refine" / mode, "refine", verify=True)
         assert len(m["scales"]) == (2 if mode == "dual" else 1) and all(s > 0 for s in m["scales"])
         assert m["synthesis"] == {"space": "maps", "donor_pool": "unlabeled"}
         assert len(json.loads((run / "refine" / mode / "log.json").read_text())) == 2
     # resume of a finished run rebuilds the same final model (same checkpoint, deterministic precise BN)
-    code, _, err = cli(capsys, "refine", run, "--inputs", "intra", "--epochs", 2, "--resume", "--device", "cpu")
+    code, _, err = cli("refine", run, "--inputs", "intra", "--epochs", 2, "--resume", "--device", "cpu")
     assert code == 0, err
-    assert cli(capsys, "score", run, "--split", "test", "--device", "cpu")[0] == 0
+    assert cli("score", run, "--split", "test", "--device", "cpu")[0] == 0
     for split, n in (("test", 65), ("normal", 30)):
         with h5py.File(run / "maps" / f"{split}.h5") as h5:
             assert h5["maps/A_inter"].shape == (n, 32, 32) and h5["maps/A_inter"].dtype == np.float16
             assert set(h5["scores"]) == {"A_rec", "A_intra", "A_inter"} and len(h5["ids"]) == n
-    code, out, err = cli(capsys, "evaluate", run, "--device", "cpu")
+    code, out, err = cli("evaluate", run, "--device", "cpu")
     assert code == 0, err
     assert "R_dual" in out and "AUC" in out
     ev = run / "eval"
@@ -94,9 +82,9 @@ def test_full_chain(trained_run, capsys):
         assert m["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
         assert 0 <= m["specificity"] <= 1 and np.isfinite(m["threshold"])
     # the same options and inputs again: a no-op that returns the same metrics
-    assert cli(capsys, "evaluate", run, "--device", "cpu")[0] == 0
+    assert cli("evaluate", run, "--device", "cpu")[0] == 0
     for kind_dir in ("maps", "synth", "refine/dual", "eval"):
-        code, out, _ = cli(capsys, "inspect", run / kind_dir)
+        code, out, _ = cli("inspect", run / kind_dir)
         assert code == 0 and "kind:" in out
 
 
@@ -110,29 +98,29 @@ def _unlabelled_copy(prepared: Path, out: Path) -> Path:
     return out
 
 
-def test_errors_without_udm_and_labels(prepared_sample32, tmp_path, capsys):
+def test_errors_without_udm_and_labels(prepared_sample32, tmp_path, cli):
     from cxrad.stages.train_ensemble import train_ensemble
 
     prepared = _unlabelled_copy(prepared_sample32, tmp_path / "nolabels")
     run = tmp_path / "ndm-only"
     cfg = EnsembleConfig(**{**TINY.__dict__, "module": "ndm", "epochs": 1})
     train_ensemble(prepared, run, cfg)
-    assert cli(capsys, "synthesize", run, "--epochs", 1)[0] == 0
-    code, _, err = cli(capsys, "refine", run, "--inputs", "dual", "--epochs", 1, "--device", "cpu")
+    assert cli("synthesize", run, "--epochs", 1)[0] == 0
+    code, _, err = cli("refine", run, "--inputs", "dual", "--epochs", 1, "--device", "cpu")
     assert code != 0 and "UDM" in err and "train-ensemble" in err and len(err.strip().splitlines()) == 1
-    code, _, err = cli(capsys, "refine", run, "--inputs", "intra", "--epochs", 2, "--device", "cpu")
+    code, _, err = cli("refine", run, "--inputs", "intra", "--epochs", 2, "--device", "cpu")
     assert code != 0 and "cxrad synthesize" in err  # recipes for 1 epoch only
-    code, _, err = cli(capsys, "evaluate", run, "--device", "cpu")
+    code, _, err = cli("evaluate", run, "--device", "cpu")
     assert code != 0 and "no labels" in err and len(err.strip().splitlines()) == 1, err
-    code, _, err = cli(capsys, "refine", run, "--inputs", "intra", "--epochs", 1, "--resume", "--device", "cpu")
+    code, _, err = cli("refine", run, "--inputs", "intra", "--epochs", 1, "--resume", "--device", "cpu")
     assert code != 0 and "nothing to resume" in err
     # no unlabelled images: map-space FPI has no donors (one-line error); auto fell back to the
     # reference image-space FPI, which trains
-    code, _, err = cli(capsys, "synthesize", run, "--epochs", 1, "--space", "maps", "--force")
+    code, _, err = cli("synthesize", run, "--epochs", 1, "--space", "maps", "--force")
     assert code != 0 and "unlabelled set" in err and 'space = "image"' in err and len(err.strip().splitlines()) == 1
     with h5py.File(run / "synth" / "fpi.h5") as h5:
         assert h5.attrs["space"] == "image" and np.all(h5["donor"][...] != h5["source"][...])
-    code, _, err = cli(capsys, "refine", run, "--inputs", "intra", "--epochs", 1, "--device", "cpu")
+    code, _, err = cli("refine", run, "--inputs", "intra", "--epochs", 1, "--device", "cpu")
     assert code == 0, err
     assert read_manifest(run / "refine" / "intra", "refine")["synthesis"] == {"space": "image", "donor_pool": "normal"}
     shutil.rmtree(run)

@@ -65,6 +65,39 @@ def test_defaults_semi_supervised_pool_and_fully_labelled_pool():
         select(KERMANY_TRAIN, SplitRequest())
 
 
+def test_val_normals_are_held_out_before_dn_and_du():
+    """--val-normals: exactly N normal images, in no other set; Dn/Du counts unchanged; seeded."""
+    req = SplitRequest(normal_count=1000, unlabeled_count=500, anomaly_rate=0.6, seed=0, val_normals=100)
+    a, b = select(KERMANY_TRAIN, req), select(KERMANY_TRAIN, req)
+    assert len(a["val"]) == 100 and (KERMANY_TRAIN[a["val"]] == 0).all()
+    assert len(a["normal"]) == 1000 and len(a["unlabeled"]) == 500 and (KERMANY_TRAIN[a["unlabeled"]] == 1).sum() == 300
+    assert not set(a["val"]) & (set(a["normal"]) | set(a["unlabeled"]))
+    assert all((a[k] == b[k]).all() for k in a)
+    # Dn defaulted: every normal Du does not need, minus the held-out ones
+    dflt = select(KERMANY_TRAIN, SplitRequest(unlabeled_count=500, anomaly_rate=0.6, val_normals=100))
+    assert len(dflt["normal"]) == 1341 - 200 - 100
+    assert "val" not in select(KERMANY_TRAIN, SplitRequest(1000, 500, 0.6))
+
+
+def test_val_normals_keep_patients_whole_and_come_after_the_test_hold_out():
+    pids = [f"p{i // 2}" for i in range(400)]
+    labels = np.repeat(np.random.default_rng(0).integers(0, 2, 200), 2)
+    out = select(labels, SplitRequest(normal_count=30, unlabeled_count=40, anomaly_rate=0.5, seed=3, val_normals=20),
+                 pids, need_test=True)
+    assert len(out["val"]) == 20 and (labels[out["val"]] == 0).all()
+    owner = {}
+    for name, idx in out.items():
+        for i in idx:
+            assert owner.setdefault(pids[i], name) == name
+
+
+def test_too_many_val_normals_is_an_error_naming_what_is_left():
+    with pytest.raises(CxradError, match=r"--val-normals 2000 .* the 1341 left after the test hold-out"):
+        select(KERMANY_TRAIN, SplitRequest(1000, 500, 0.6, val_normals=2000))
+    with pytest.raises(CxradError, match="--val-normals"):
+        select(KERMANY_TRAIN, SplitRequest(1000, 500, 0.6, val_normals=-1))
+
+
 @pytest.mark.parametrize("req", [SplitRequest(normal_count=-1), SplitRequest(anomaly_rate=1.5)])
 def test_invalid_values(req):
     with pytest.raises(CxradError):

@@ -1,8 +1,8 @@
 """`cxrad evaluate`: every score of the run on a labelled split -> RUN/eval/.
 
 Scores: A_rec, A_intra, A_inter (from the maps) and R_intra, R_dual (ASR-Nets of RUN/refine/*
-applied to the same maps), whichever exist. Thresholds come from the normal training images'
-scores only. Writes metrics.json, metrics.md, scores.csv, roc.png, pr.png, histograms.png,
+applied to the same maps), whichever exist. Thresholds come from normal images only: held-out
+ones (val split) when the data have them, else the training normals (cxrad/thresholds.py). Writes metrics.json, metrics.md, scores.csv, roc.png, pr.png, histograms.png,
 overlays.png, manifest.json; prints the table.
 """
 
@@ -28,6 +28,7 @@ from cxrad.report import plots
 from cxrad.report.tables import metrics_markdown, print_metrics
 from cxrad.stages.refine import load_asr, refined_maps
 from cxrad.stages.score import maps_file, read_maps_h5
+from cxrad.thresholds import describe, normal_rows, threshold_split
 
 SCORE_ORDER = ("A_rec", "A_intra", "A_inter", "R_intra", "R_dual")
 OUTPUTS = ("metrics.json", "metrics.md", "scores.csv", "roc.png", "pr.png", "histograms.png", "overlays.png")
@@ -76,13 +77,21 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
     """Compute and write the evaluation; returns the metrics dict (as in metrics.json)."""
     run = Path(run)
     read_manifest(run, "run")
+    if cfg.threshold_from not in ("auto", "val", "normal"):
+        raise CxradError(f"--threshold-from {cfg.threshold_from}: use auto, val or normal.")
     device = resolve_device(cfg.device)
     out = run / "eval"
     t0 = time.perf_counter()
     _check_labels(run, cfg.split)
+    from cxrad.ensemble_maps import run_prepared
+
+    calib = threshold_split(run_prepared(run, read_manifest(run, "run")), cfg.threshold_from, cfg.split)
     test, test_rec = _load_maps(run, cfg.split, device)
     labels = np.asarray(test["labels"])
-    normal, normal_rec = _load_maps(run, "normal", device)
+    normal, _ = _load_maps(run, calib, device)
+    rows = normal_rows(calib, normal["labels"])
+    normal = {"maps": {k: v[rows] for k, v in normal["maps"].items()},
+              "scores": {k: np.asarray(v)[rows] for k, v in normal["scores"].items()}}
     refiners = _refiners(run)
     inputs = {"run": input_record(run), **({"maps": test_rec} if test_rec else {}),
               **{k: input_record(p) for k, p in refiners.items()}}
@@ -104,12 +113,13 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
         asr = load_asr(folder, device)
         prob_maps[name] = refined_maps(asr, test["maps"], device)
         scores[name] = prob_maps[name].reshape(len(labels), -1).mean(1).astype(np.float64)
-        normal_scores[name] = refined_maps(asr, normal["maps"], device).reshape(len(normal["labels"]), -1).mean(1)
+        normal_scores[name] = refined_maps(asr, normal["maps"], device).reshape(int(rows.sum()), -1).mean(1)
     scores = {k: scores[k] for k in SCORE_ORDER if k in scores}
 
     metrics = {
         "split": cfg.split, "n_normal": int((labels == 0).sum()), "n_abnormal": int((labels == 1).sum()),
-        "threshold_source": f"{cfg.threshold_percentile:g}th percentile of the normal training images' scores",
+        "threshold_source": describe(calib, int(rows.sum()), cfg.threshold_percentile),
+        "threshold_split": calib,
         "scores": {k: score_metrics(labels, s, normal_scores[k], cfg.threshold_percentile) for k, s in scores.items()},
     }
     write_json_atomic(out / "metrics.json", metrics)

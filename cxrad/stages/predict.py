@@ -85,25 +85,30 @@ def _check_run_complete(run: Path) -> dict[str, Path]:
 
 
 def _thresholds(run: Path, ens, refiners: dict[str, Any], device) -> tuple[dict[str, float], str]:
-    """Per-score decision thresholds: from `cxrad evaluate` when it ran, else from the normal
-    training images now (the same rule: their 95th percentile) — never from test labels."""
+    """Per-score decision thresholds: from `cxrad evaluate` when it ran, else computed now by the
+    same rule (95th percentile of the held-out normals, or of the training normals when the data
+    hold none: cxrad/thresholds.py) — never from test labels."""
     metrics_file = run / "eval" / "metrics.json"
     if is_valid(run / "eval", "eval") and metrics_file.is_file():
-        m = json.loads(metrics_file.read_text())["scores"]
-        return {k: float(v["threshold"]) for k, v in m.items()}, "cxrad evaluate (normal training images)"
+        metrics = json.loads(metrics_file.read_text())
+        return ({k: float(v["threshold"]) for k, v in metrics["scores"].items()},
+                f"cxrad evaluate: {metrics['threshold_source']}")
     from cxrad.config import EvaluateConfig
     from cxrad.ensemble_maps import maps_of_images
     from cxrad.io.store import load_split
     from cxrad.metrics import normal_threshold
     from cxrad.stages.refine import refined_maps
+    from cxrad.thresholds import describe, normal_rows, threshold_split
 
     pct = EvaluateConfig().threshold_percentile
-    normal = load_split(ens.prepared, "normal").images
+    split = threshold_split(ens.prepared)
+    data = load_split(ens.prepared, split)
+    normal = data.images[normal_rows(split, data.labels)]
     maps = maps_of_images(ens, normal)
     thr = {k[6:]: normal_threshold(v, pct) for k, v in maps.items() if k.startswith("score/")}
     for name, asr in refiners.items():
         thr[name] = normal_threshold(refined_maps(asr, maps, device).reshape(len(normal), -1).mean(1), pct)
-    return thr, f"{pct:g}th percentile of the normal training images' scores"
+    return thr, describe(split, len(normal), pct)
 
 
 def _overlay_png(image01: np.ndarray, heat01: np.ndarray, path: Path, scale: int = 4) -> None:

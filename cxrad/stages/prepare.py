@@ -98,11 +98,17 @@ def _assign(entries: list[Entry], ok: np.ndarray, cfg: PrepareConfig, *, dry: bo
     if requested and not pool:
         raise CxradError("--normal-count/--unlabeled-count/--anomaly-rate given, but the labels name every "
                          "image's set directly (split column or split file); drop those options or the split column.")
+    if cfg.val_normals and not pool:
+        raise CxradError("--val-normals given, but the labels name every image's set directly (split column or "
+                         "split file); name the held-out normals there (split val) or drop --val-normals.")
+    if cfg.val_normals and out["val"]:
+        raise CxradError("--val-normals given, but SOURCE already names a val set; use that one or drop --val-normals.")
     if pool:
         if out["normal"] or out["unlabeled"]:
             raise CxradError("the labels name Dn/Du for some images (split normal/unlabeled) and leave others in "
                              "the pool (train or empty split); name every image's set or none.")
-        req = SplitRequest(cfg.normal_count, cfg.unlabeled_count, cfg.anomaly_rate, cfg.seed, cfg.test_fraction)
+        req = SplitRequest(cfg.normal_count, cfg.unlabeled_count, cfg.anomaly_rate, cfg.seed, cfg.test_fraction,
+                           cfg.val_normals)
         pool_arr = np.array(pool)
         pool_sorted = pool_arr[np.argsort([entries[i].id for i in pool])]  # selection independent of listing order
         labels = np.array([entries[i].label for i in pool_sorted])

@@ -35,7 +35,8 @@ def splits_to_score(prepared: Path, split: str) -> list[str]:
         return have
     if split not in have:
         raise CxradError(f"{prepared}: prepared data has no '{split}' split (it has: {', '.join(have)}); pick one of them.")
-    return sorted({split, "normal"} & set(have), key=have.index)
+    # the normal training images and the held-out val images set evaluate's thresholds
+    return sorted({split, "normal", "val"} & set(have), key=have.index)
 
 
 def write_maps_h5(path: Path, maps: dict[str, np.ndarray], ids: list[str], labels: np.ndarray,

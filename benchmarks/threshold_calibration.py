@@ -1,0 +1,101 @@
+"""Where should the abnormal/normal threshold come from? Training normals vs held-out normals.
+
+Builds a ZhangLab-like split of the Kermany set (official 624-image test split; from the training
+pool Dn = ``--normal-count`` normals, Du = 853 images at 60 % pneumonia, and ``--val-normals``
+normal images held out of all training), runs the short pipeline (AE, K = 3, 30 reconstruction
+epochs, R_dual with 5 ASR epochs) and evaluates twice: thresholds from the held-out normals
+(``--threshold-from val``) and from the normal training images (``--threshold-from normal``).
+Prints sensitivity / specificity on the test split at each threshold and appends one JSON line to
+benchmarks/results/threshold_calibration.jsonl. The test labels are only read to report.
+
+    python benchmarks/threshold_calibration.py --workdir W [--seed 0] [--val-normals 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+RESULTS = REPO / "benchmarks" / "results" / "threshold_calibration.jsonl"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--normal-count", type=int, default=800)
+    ap.add_argument("--val-normals", type=int, default=200)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--asr-epochs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--source", type=Path, default=SHARED / "data" / "kermany-pneumonia-224" / "kermany_pneumonia_224.tar")
+    ap.add_argument("--labels", type=Path, default=SHARED / "data" / "kermany-pneumonia-224" / "labels.csv")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cxrad.config import (EnsembleConfig, EvaluateConfig, PrepareConfig, RefineConfig, ScoreConfig,
+                              SynthConfig)
+    from cxrad.devices import device_name, resolve_device
+    from cxrad.stages.evaluate import evaluate
+    from cxrad.stages.prepare import prepare
+    from cxrad.stages.refine import refine
+    from cxrad.stages.score import score
+    from cxrad.stages.synthesize import synthesize
+    from cxrad.stages.train_ensemble import train_ensemble
+
+    prepared = args.workdir / "prepared" / f"kermany-n{args.normal_count}-v{args.val_normals}-s{args.seed}"
+    run = args.workdir / "runs" / f"ae-e{args.epochs}-a{args.asr_epochs}-s{args.seed}"
+    pcfg = PrepareConfig(size=64, workers=max(1, args.threads), normal_count=args.normal_count,
+                         unlabeled_count=853, anomaly_rate=0.6, val_normals=args.val_normals, seed=args.seed)
+    t0 = time.perf_counter()
+    prepare(args.source, prepared, pcfg, labels=args.labels)
+    train_ensemble(prepared, run, EnsembleConfig(epochs=args.epochs, seed=args.seed))
+    synthesize(run, SynthConfig(epochs=args.asr_epochs, seed=args.seed))
+    refine(run, RefineConfig(epochs=args.asr_epochs, seed=args.seed, inputs="dual"))
+    score(run, ScoreConfig(split="test"))
+    results = {}
+    for source in ("val", "normal"):
+        m = evaluate(run, EvaluateConfig(threshold_from=source), force=True)
+        results[source] = {"threshold_source": m["threshold_source"],
+                           **{k: {f: round(v[f], 4) for f in ("threshold", "sensitivity", "specificity", "accuracy", "f1")}
+                              | {"auc": round(100 * v["auc"], 2)} for k, v in m["scores"].items()}}
+    print(f"\n{'score':8s} {'AUC':>6s}  {'thresholds from':>16s} {'sens':>6s} {'spec':>6s} {'acc':>6s}")
+    for k in results["val"]:
+        if k == "threshold_source":
+            continue
+        for source in ("val", "normal"):
+            r = results[source][k]
+            print(f"{k:8s} {r['auc']:6.1f}  {source + ' normals':>16s} {100 * r['sensitivity']:6.1f} "
+                  f"{100 * r['specificity']:6.1f} {100 * r['accuracy']:6.1f}")
+    record = {"benchmark": "Kermany, ZhangLab-like split with held-out normals", "seed": args.seed,
+              "normal_count": args.normal_count, "val_normals": args.val_normals, "epochs": args.epochs,
+              "asr_epochs": args.asr_epochs, "prepare": dataclasses.asdict(pcfg),
+              "device": device_name(resolve_device("auto")), "host": platform.node(), "commit": _git_commit(),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(time.perf_counter() - t0, 1),
+              "results": results}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return 0
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Decision thresholds from held-out normal images (`prepare --val-normals`, `evaluate --threshold-from`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cxrad.artifacts import write_manifest
+from cxrad.config import EnsembleConfig
+from cxrad.io.store import ImageSet, load_split, write_prepared_h5
+from cxrad.metrics import normal_threshold
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _subset(s: ImageSet, rows: np.ndarray, prefix: str) -> ImageSet:
+    return ImageSet(s.images[rows], s.labels[rows], [prefix + s.ids[i] for i in rows],
+                    [s.source_paths[i] for i in rows], {k: v[rows] for k, v in s.provenance.items()})
+
+
+@pytest.fixture(scope="module")
+def run_with_val(prepared_sample32, tmp_path_factory) -> Path:
+    """Tiny ensembles on the sample plus a val split: copies of the 20 test normals and 3 abnormal
+    test images. With the test normals as calibration images, the 95th percentile must leave
+    exactly 19 of the 20 test normals below it."""
+    from cxrad.stages.train_ensemble import train_ensemble
+
+    folder = tmp_path_factory.mktemp("val") / "prepared"
+    folder.mkdir()
+    sets = {n: load_split(prepared_sample32, n) for n in ("normal", "unlabeled", "test")}
+    t = sets["test"]
+    rows = np.concatenate([np.flatnonzero(t.labels == 0), np.flatnonzero(t.labels == 1)[:3]])
+    sets["val"] = _subset(t, rows, "val-")
+    write_prepared_h5(folder / "data.h5", sets, [], {"size": 32})
+    write_manifest(folder, "prepared", {"size": 32, "val": "copies of test images"}, outputs=["data.h5"])
+    run = folder.parent / "run"
+    train_ensemble(folder, run, EnsembleConfig(members=2, epochs=2, batch_size=8, device="cpu"))
+    return run
+
+
+def _val_normal_scores(run: Path, name: str) -> np.ndarray:
+    with h5py.File(run / "maps" / "val.h5") as h5:
+        return h5[f"scores/{name}"][...][h5["labels"][...] == 0].astype(np.float64)
+
+
+def test_held_out_normals_set_the_threshold(run_with_val, cli):
+    from cxrad.ensemble_maps import open_run
+    from cxrad.stages.predict import _thresholds
+
+    run = run_with_val
+    # predict without an evaluation applies the same rule: held-out normals
+    thr, source = _thresholds(run, open_run(run, "cpu"), {}, "cpu")
+    assert "20 held-out normal images" in source
+
+    assert cli("score", run, "--device", "cpu")[0] == 0
+    with h5py.File(run / "maps" / "val.h5") as h5:
+        assert len(h5["ids"]) == 23
+    code, _, err = cli("evaluate", run, "--device", "cpu")
+    assert code == 0, err
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    assert m["threshold_split"] == "val" and "20 held-out normal images (val split)" in m["threshold_source"]
+    for name in ("A_rec", "A_intra", "A_inter"):
+        s = m["scores"][name]
+        expected = normal_threshold(_val_normal_scores(run, name), 95.0)
+        assert s["threshold"] == pytest.approx(expected, rel=1e-6)
+        assert s["threshold"] == pytest.approx(thr[name], rel=1e-4)
+        assert s["specificity"] == pytest.approx(19 / 20)
+
+    code, _, err = cli("evaluate", run, "--threshold-from", "normal", "--force", "--device", "cpu")
+    assert code == 0, err
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    assert m["threshold_split"] == "normal" and "30 normal training images" in m["threshold_source"]
+    with h5py.File(run / "maps" / "normal.h5") as h5:
+        dn = h5["scores/A_inter"][...].astype(np.float64)
+    assert m["scores"]["A_inter"]["threshold"] == pytest.approx(normal_threshold(dn, 95.0), rel=1e-6)
+
+    # evaluating the val split itself never calibrates on it
+    code, _, err = cli("evaluate", run, "--split", "val", "--force", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((run / "eval" / "metrics.json").read_text())["threshold_split"] == "normal"
+
+
+def test_threshold_from_val_without_val_split_is_a_one_line_error(prepared_sample32, tmp_path, cli):
+    from cxrad.stages.train_ensemble import train_ensemble
+
+    run = tmp_path / "run"
+    train_ensemble(prepared_sample32, run, EnsembleConfig(module="ndm", members=2, epochs=1, batch_size=8, device="cpu"))
+    code, _, err = cli("evaluate", run, "--threshold-from", "val", "--device", "cpu")
+    assert code != 0 and "--val-normals" in err and len(err.strip().splitlines()) == 1, err
+    assert not (run / "eval").exists()
+    code, _, err = cli("evaluate", run, "--threshold-from", "best", "--device", "cpu")
+    assert code != 0 and "--threshold-from best" in err
+
+
+def test_prepare_val_normals_from_a_pool(tmp_path, cli):
+    """A labels CSV without a split column: Dn, Du, test and the held-out normals drawn from one pool."""
+    pool_csv = tmp_path / "pool.csv"
+    with open(SAMPLE / "labels.csv") as f, open(pool_csv, "w", newline="") as g:
+        w = csv.writer(g)
+        w.writerow(["path", "label"])
+        for row in csv.DictReader(f):
+            w.writerow([row["path"], row["label"]])
+    out = tmp_path / "prepared"
+    code, _, err = cli("prepare", SAMPLE, "--labels", pool_csv, "--out", out, "--size", "32", "--workers", "1",
+                       "--normal-count", "20", "--unlabeled-count", "20", "--anomaly-rate", "0.5",
+                       "--val-normals", "10")
+    assert code == 0, err
+    sets = {n: load_split(out, n) for n in ("normal", "unlabeled", "test", "val")}
+    assert len(sets["val"]) == 10 and (sets["val"].labels == 0).all()
+    assert len(sets["normal"]) == 20 and len(sets["unlabeled"]) == 20
+    others = set().union(*(set(sets[n].ids) for n in ("normal", "unlabeled", "test")))
+    assert not set(sets["val"].ids) & others
+
+    # the sample's own labels.csv names every image's set: nothing to hold out from
+    code, _, err = cli("prepare", SAMPLE, "--labels", SAMPLE / "labels.csv", "--out", tmp_path / "p2",
+                       "--size", "32", "--val-normals", "10")
+    assert code != 0 and "--val-normals" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "p2").exists()
