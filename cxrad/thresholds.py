@@ -56,4 +56,4 @@ def normal_rows(split: str, labels: np.ndarray) -> np.ndarray:
 def describe(split: str, count: int, percentile: float) -> str:
     """Human-readable threshold source for metrics.json and predictions."""
     what = "held-out normal images (val split)" if split == HELD_OUT else "normal training images"
-    return f"{percentile:g}th percentile of the {count} {what}' scores"
+    return f"{percentile:g}th percentile of the scores of the {count} {what}"
