@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from cxrad.errors import CxradError
 from cxrad.io.store import open_prepared
 
 HELD_OUT = "val"
+CHOICES = ("auto", HELD_OUT, "normal")   # EvaluateConfig.threshold_from
 MIN_HELD_OUT_NORMALS = 20   # below this a 95th percentile is the maximum of a handful of scores
 
 
@@ -26,8 +26,7 @@ def held_out_normals(prepared: Path) -> int:
     with open_prepared(prepared) as h5:
         if HELD_OUT not in h5:
             return 0
-        labels: h5py.Dataset = h5[HELD_OUT]["labels"]
-        return int((labels[...] == 0).sum())
+        return int((h5[HELD_OUT]["labels"][...] == 0).sum())
 
 
 def threshold_split(prepared: Path, choice: str = "auto", evaluated: str | None = None) -> str:
@@ -36,6 +35,8 @@ def threshold_split(prepared: Path, choice: str = "auto", evaluated: str | None 
     ``choice`` "auto": the held-out normals when there are at least :data:`MIN_HELD_OUT_NORMALS`
     and the split being evaluated is not the val split itself, else the training normals.
     """
+    if choice not in CHOICES:
+        raise CxradError(f"--threshold-from {choice}: use {', '.join(CHOICES[:-1])} or {CHOICES[-1]}.")
     if choice == "normal":
         return "normal"
     n = held_out_normals(prepared)

@@ -2,8 +2,9 @@
 
 Scores: A_rec, A_intra, A_inter (from the maps) and R_intra, R_dual (ASR-Nets of RUN/refine/*
 applied to the same maps), whichever exist. Thresholds come from normal images only: held-out
-ones (val split) when the data have them, else the training normals (cxrad/thresholds.py). Writes metrics.json, metrics.md, scores.csv, roc.png, pr.png, histograms.png,
-overlays.png, manifest.json; prints the table.
+ones (val split) when the data have them, else the training normals (cxrad/thresholds.py).
+Writes metrics.json, metrics.md, scores.csv, roc.png, pr.png, histograms.png, overlays.png,
+manifest.json; prints the table.
 """
 
 from __future__ import annotations
@@ -51,15 +52,14 @@ def _load_maps(run: Path, split: str, device) -> tuple[dict[str, Any], dict | No
             "ids": data.ids, "labels": data.labels}, None
 
 
-def _check_labels(run: Path, split: str) -> None:
+def _check_labels(run: Path, prepared: Path, split: str) -> None:
     """Fail before any computation when the split lacks labels of both classes."""
     if maps_file(run, split).is_file() and is_valid(run / "maps", "maps"):
         labels = read_maps_h5(maps_file(run, split))["labels"]
     else:
-        from cxrad.ensemble_maps import run_prepared
         from cxrad.io.store import load_split
 
-        labels = load_split(run_prepared(run, read_manifest(run, "run")), split).labels
+        labels = load_split(prepared, split).labels
     labels = np.asarray(labels)
     if np.any(labels < 0) or len(np.unique(labels)) < 2:
         raise CxradError(
@@ -75,17 +75,15 @@ def _refiners(run: Path) -> dict[str, Path]:
 
 def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, Any]:
     """Compute and write the evaluation; returns the metrics dict (as in metrics.json)."""
+    from cxrad.ensemble_maps import run_prepared
+
     run = Path(run)
-    read_manifest(run, "run")
-    if cfg.threshold_from not in ("auto", "val", "normal"):
-        raise CxradError(f"--threshold-from {cfg.threshold_from}: use auto, val or normal.")
+    prepared = run_prepared(run, read_manifest(run, "run"))
     device = resolve_device(cfg.device)
     out = run / "eval"
     t0 = time.perf_counter()
-    _check_labels(run, cfg.split)
-    from cxrad.ensemble_maps import run_prepared
-
-    calib = threshold_split(run_prepared(run, read_manifest(run, "run")), cfg.threshold_from, cfg.split)
+    _check_labels(run, prepared, cfg.split)
+    calib = threshold_split(prepared, cfg.threshold_from, cfg.split)
     test, test_rec = _load_maps(run, cfg.split, device)
     labels = np.asarray(test["labels"])
     normal, _ = _load_maps(run, calib, device)
@@ -132,7 +130,7 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
     write_bytes_atomic(out / "scores.csv", buf.getvalue().encode())
     plots.roc_pr(labels, scores, out / "roc.png", out / "pr.png")
     plots.histograms(labels, scores, out / "histograms.png")
-    _overlays(out / "overlays.png", run, cfg, test, labels, scores, prob_maps)
+    _overlays(out / "overlays.png", prepared, cfg, test, labels, scores, prob_maps)
     write_manifest(out, "eval", cfg, inputs=inputs, outputs=list(OUTPUTS),
                    timings={"total": time.perf_counter() - t0}, device=device_name(device))
     finish_output(out)
@@ -140,17 +138,16 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
     return metrics
 
 
-def _overlays(path: Path, run: Path, cfg: EvaluateConfig, test: dict, labels: np.ndarray,
+def _overlays(path: Path, prepared: Path, cfg: EvaluateConfig, test: dict, labels: np.ndarray,
               scores: dict[str, np.ndarray], prob_maps: dict[str, np.ndarray]) -> None:
     """R_dual / A_inter (whichever exist) over the ``overlay_count`` highest and lowest scored images."""
-    from cxrad.ensemble_maps import run_prepared
     from cxrad.io.store import load_split
 
     rank_by = next(k for k in ("R_dual", "A_inter", "R_intra", "A_intra", "A_rec") if k in scores)
     order = np.argsort(-scores[rank_by], kind="stable")
     k = min(cfg.overlay_count, len(order) // 2)
     pick = np.concatenate([order[:k], order[-k:]])
-    images = load_split(run_prepared(run, read_manifest(run, "run")), cfg.split).images[pick]
+    images = load_split(prepared, cfg.split).images[pick]
     heat = {}
     for name in ("A_inter", "R_dual", "A_intra", "R_intra"):
         src = prob_maps.get(name) if name.startswith("R_") else test["maps"].get(name)
