@@ -24,6 +24,7 @@ from cxrad.config import (
     SynthConfig,
 )
 from cxrad.errors import CxradError
+from cxrad.thresholds import MIN_HELD_OUT_NORMALS
 
 app = typer.Typer(
     name="cxrad",
@@ -288,15 +289,18 @@ def predict(
     shard_id: int = typer.Option(D.shard_id, "--shard-id", help="... and score shard k (0-based)."),
     overlays: bool = typer.Option(D.overlays, "--overlays/--no-overlays", help="Write one heat-map PNG per image."),
     device: str = typer.Option(D.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    calibrate_on: Optional[List[Path]] = typer.Option(
+        None, "--calibrate-on", help=f"Folder (or file) of known-normal studies from this archive: the threshold becomes the "
+        f"{V.threshold_percentile:g}th percentile of their scores. Repeatable; at least {MIN_HELD_OUT_NORMALS} images."),
     force: bool = typer.Option(False, "--force", help="Replace existing predictions at --out."),
 ) -> None:
     """Score new studies; exit code 1 when some inputs were rejected (they are listed in rejects.csv)."""
     from cxrad.stages.predict import predict as run_predict
 
     cfg = PredictConfig(num_shards=num_shards, shard_id=shard_id, overlays=overlays, device=device)
-    result = run_predict(run, inputs, out, cfg, force=force)
+    result = run_predict(run, inputs, out, cfg, force=force, calibration=calibrate_on or None)
     typer.echo(f"scored {result.predicted} image(s), rejected {len(result.rejected)}; decision by "
-               f"{result.decision_score} > {result.threshold:.4g}")
+               f"{result.decision_score} > {result.threshold:.4g} ({result.threshold_source})")
     typer.echo(f"predictions: {result.out / 'predictions.csv'}")
     if result.rejected:
         raise typer.Exit(1)

@@ -28,10 +28,20 @@ def normal_threshold(normal_scores: np.ndarray, percentile: float = 95.0) -> flo
     return float(np.percentile(np.asarray(normal_scores, dtype=np.float64), percentile))
 
 
+def is_abnormal(scores: np.ndarray | float, threshold: float) -> np.ndarray:
+    """The decision rule shared by `evaluate` and `predict`: abnormal when score > threshold.
+
+    Strictly above, because the threshold is a percentile of normal scores: with ties (duplicate
+    studies are common in real archives) "≥" would flag every normal that shares the percentile's
+    value, so more than 5 % of the calibration normals.
+    """
+    return np.asarray(scores) > threshold
+
+
 def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """ACC, F1, sensitivity, specificity when score ≥ threshold means abnormal."""
+    """ACC, F1, sensitivity, specificity when score > threshold means abnormal (:func:`is_abnormal`)."""
     labels = np.asarray(labels).astype(bool)
-    pred = np.asarray(scores) >= threshold
+    pred = is_abnormal(scores, threshold)
     tp = float(np.sum(pred & labels))
     tn = float(np.sum(~pred & ~labels))
     fp = float(np.sum(pred & ~labels))

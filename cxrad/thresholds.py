@@ -10,11 +10,12 @@ names) score like unseen normals, so their percentile is the threshold a user ex
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from cxrad.errors import CxradError
-from cxrad.io.store import open_prepared
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HELD_OUT = "val"
 CHOICES = ("auto", HELD_OUT, "normal")   # EvaluateConfig.threshold_from
@@ -23,6 +24,8 @@ MIN_HELD_OUT_NORMALS = 20   # below this a 95th percentile is the maximum of a h
 
 def held_out_normals(prepared: Path) -> int:
     """Number of label-0 images in the prepared data's ``val`` split (0 when there is none)."""
+    from cxrad.io.store import open_prepared
+
     with open_prepared(prepared) as h5:
         if HELD_OUT not in h5:
             return 0
@@ -50,6 +53,8 @@ def threshold_split(prepared: Path, choice: str = "auto", evaluated: str | None 
 
 def normal_rows(split: str, labels: np.ndarray) -> np.ndarray:
     """Boolean mask of the rows of ``split`` that calibrate: every Dn image, the label-0 val images."""
+    import numpy as np   # numpy and h5py are imported where used: the CLI reads this module at start-up
+
     labels = np.asarray(labels)
     return np.ones(len(labels), bool) if split == "normal" else labels == 0
 

@@ -21,6 +21,16 @@ def test_threshold_from_normals():
     assert r == pytest.approx({"acc": 0.5, "f1": 0.5, "sensitivity": 0.5, "specificity": 0.5})
 
 
+def test_ties_at_the_threshold_count_as_normal():
+    """Duplicated normal studies share the percentile's value; "≥" flagged all of them (spec 0)."""
+    normals = np.full(40, 0.25)
+    thr = normal_threshold(normals, 95)
+    assert thr == 0.25
+    r = at_threshold(np.r_[np.zeros(40), np.ones(2)], np.r_[normals, [0.25, 0.3]], thr)
+    # preds: 40 normals -> normal, abnormal 0.25 -> normal (fn), 0.3 -> abnormal (tp)
+    assert r["specificity"] == 1.0 and r["sensitivity"] == 0.5
+
+
 def test_f1_max_hand():
     y = np.array([0, 1, 1, 0, 1])
     s = np.array([0.1, 0.4, 0.35, 0.8, 0.9])

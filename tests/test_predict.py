@@ -108,3 +108,56 @@ def test_predict_refuses_incomplete_run(prepared_sample32, tmp_path):
     assert r.returncode == 2
     assert "cxrad refine" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "pred").exists()
+
+
+def _copy(files, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for f in files:
+        (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+def test_predict_threshold_from_local_normals(tiny_run, tmp_path):
+    """--calibrate-on: the threshold is the 95th percentile of the local normals' own scores."""
+    import json
+
+    normals = SAMPLE / "kermany" / "test" / "NORMAL"          # 20 images: the minimum
+    out = tmp_path / "pred"
+    r = cli("predict", tiny_run["run"], normals, "--out", out, "--no-overlays", "--calibrate-on", normals)
+    assert r.returncode == 0, r.stderr
+    assert "20 local normal images" in r.stdout
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    scored = np.array([float(row["R_dual"]) for row in rows])
+    thr = float(rows[0]["threshold"])
+    # the same images in the same batches: their percentile, computed by hand, is the threshold
+    np.testing.assert_allclose(thr, np.percentile(scored, 95), rtol=1e-9)
+    assert sum(int(row["abnormal"]) for row in rows) == int((scored > thr).sum()) == 1   # 5 % of 20
+    metrics = json.loads((tiny_run["run"] / "eval" / "metrics.json").read_text())
+    assert thr != metrics["scores"]["R_dual"]["threshold"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["calibration"]["files"] == 20
+    assert len(manifest["config"]["calibration"]["sha256"]) == 64
+    assert set(manifest["summary"]["thresholds"]) == {"A_rec", "A_intra", "A_inter", "R_intra", "R_dual"}
+
+    # a changed calibration set is a different configuration: never reused, replaced only on --force
+    changed = _copy(sorted(normals.glob("*.jpeg"))[:19] + sorted((SAMPLE / "kermany" / "train" / "NORMAL").glob("*.jpeg"))[:1],
+                    tmp_path / "changed")
+    args = ("predict", tiny_run["run"], normals, "--out", out, "--no-overlays", "--calibrate-on", changed)
+    r = cli(*args)
+    assert r.returncode == 2 and "different configuration" in r.stderr and "--force" in r.stderr
+    r = cli(*args, "--force")
+    assert r.returncode == 0, r.stderr
+    assert float(next(csv.DictReader(open(out / "predictions.csv")))["threshold"]) != thr
+
+
+def test_predict_refuses_too_few_or_missing_local_normals(tiny_run, tmp_path):
+    few = _copy(sorted((SAMPLE / "kermany" / "test" / "NORMAL").glob("*.jpeg"))[:5], tmp_path / "few")
+    for calib, words in ((few, ["5 readable normal image(s)", "at least 20", str(few)]),
+                         (tmp_path / "nowhere", ["no such file or folder", str(tmp_path / "nowhere")])):
+        r = cli("--no-progress", "predict", tiny_run["run"], SAMPLE / "dicom", "--out", tmp_path / "pred",
+                "--calibrate-on", calib)
+        assert r.returncode == 2, r.stderr
+        errors = [line for line in r.stderr.splitlines() if not line.startswith("predict: ")]  # progress lines
+        assert len(errors) == 1 and errors[0].startswith("cxrad: error: --calibrate-on "), r.stderr
+        assert all(w in errors[0] for w in words), r.stderr
+        assert not (tmp_path / "pred").exists()

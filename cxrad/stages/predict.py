@@ -3,12 +3,18 @@
 Files are read exactly as `prepare` read the run's training data (same reader, rejects and
 preprocessing, rebuilt from the parameters the run recorded), passed through the frozen
 ensembles and ASR-Nets, and written as ``predictions.csv`` (one row per image: every score and
-the run's threshold decision), ``rejects.csv`` and one PNG overlay per image.
+the threshold decision), ``rejects.csv`` and one PNG overlay per image.
+
+The decision threshold is the run's (cxrad/thresholds.py) unless ``calibration`` names files or
+folders of known-normal studies from the archive being scored: then it is the same percentile of
+*their* scores. Scanners, exposure and patient mix shift every score, so a threshold learnt at one
+site flags far more (or fewer) than 5 % of another site's normals; local normals fix that.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -22,12 +28,13 @@ import torch
 
 from cxrad import progress
 from cxrad.artifacts import (atomic_path, begin_output, finish_output, input_record, is_valid, read_manifest,
-                             write_bytes_atomic, write_manifest)
-from cxrad.config import PredictConfig
+                             sha256_file, write_bytes_atomic, write_manifest)
+from cxrad.config import EvaluateConfig, PredictConfig
 from cxrad.devices import device_name, resolve_device
 from cxrad.errors import CxradError
 from cxrad.io.preprocess import config_from_parameters
 from cxrad.io.sources import Entry, Locator
+from cxrad.metrics import is_abnormal
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ""}
 PRIMARY = ("R_dual", "R_intra", "A_inter", "A_intra", "A_rec")   # which score makes the decision
@@ -40,6 +47,7 @@ class PredictResult:
     rejected: list[tuple[str, str]] = field(default_factory=list)
     decision_score: str = ""
     threshold: float = float("nan")
+    threshold_source: str = ""
 
 
 def collect_inputs(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -93,7 +101,6 @@ def _thresholds(run: Path, ens, refiners: dict[str, Any], device) -> tuple[dict[
         metrics = json.loads(metrics_file.read_text())
         return ({k: float(v["threshold"]) for k, v in metrics["scores"].items()},
                 f"cxrad evaluate: {metrics['threshold_source']}")
-    from cxrad.config import EvaluateConfig
     from cxrad.ensemble_maps import maps_of_images
     from cxrad.io.store import load_split
     from cxrad.metrics import normal_threshold
@@ -109,6 +116,79 @@ def _thresholds(run: Path, ens, refiners: dict[str, Any], device) -> tuple[dict[
     for name, asr in refiners.items():
         thr[name] = normal_threshold(refined_maps(asr, maps, device).reshape(len(normal), -1).mean(1), pct)
     return thr, describe(split, len(normal), pct)
+
+
+def score_images(ens, asrs: dict[str, Any], pixels: np.ndarray, device, label: str
+                 ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """Image-level scores and heat maps of preprocessed images.
+
+    ``pixels``: (N, H, W) float32 in [0, 1] as `prepare` stores them. Returns ({score name: (N,)
+    mean of its map}, N heat maps (H, W) of R_dual, else R_intra), computed in batches of 64.
+    """
+    from cxrad.ensemble_maps import to_network_space
+    from cxrad.stages.refine import refined_maps
+
+    scores: dict[str, list[float]] = {}
+    heat: list[np.ndarray] = []
+    batch = 64
+    with progress.task(label, len(pixels)) as bar:
+        for s in range(0, len(pixels), batch):
+            x = to_network_space(torch.as_tensor(pixels[s:s + batch], device=device))
+            maps = {k: v.float().cpu().numpy() for k, v in ens.maps(x).items()}
+            for name in ("A_rec", "A_intra", "A_inter"):
+                if name in maps:
+                    scores.setdefault(name, []).extend(maps[name].reshape(len(x), -1).mean(1).tolist())
+            refined = {name: refined_maps(asr, maps, device) for name, asr in asrs.items()}
+            for name, r in refined.items():
+                scores.setdefault(name, []).extend(r.reshape(len(x), -1).mean(1).tolist())
+            key = "R_dual" if "R_dual" in refined else "R_intra"
+            heat.extend(refined[key])
+            bar.advance(len(x))
+    return {k: np.asarray(v, np.float64) for k, v in scores.items()}, heat
+
+
+def calibration_files(calibration: list[Path]) -> tuple[list[Path], str]:
+    """The known-normal files behind ``--calibrate-on`` and one digest of their contents.
+
+    The digest (sha256 over the files' own sha256 digests, in the listed order) goes into the
+    predictions' config, so editing the calibration set invalidates earlier predictions.
+    """
+    files, missing = collect_inputs(calibration)
+    if missing:
+        path, why = missing[0]
+        raise CxradError(f"--calibrate-on {path}: {why}; pass a folder of known-normal studies from this archive.")
+    digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
+    return files, digest
+
+
+def read_calibration(files: list[Path], prep_cfg, workers: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode the known-normal ``files`` as `prepare` would: ((N, H, W) float32 pixels, rejects).
+
+    Fewer than :data:`cxrad.thresholds.MIN_HELD_OUT_NORMALS` readable files is a user error: their
+    95th percentile would be the maximum of a handful of scores.
+    """
+    from cxrad.stages.prepare import _decode_all
+    from cxrad.thresholds import MIN_HELD_OUT_NORMALS
+
+    entries = [Entry(id=str(f), loc=Locator(str(f)), label=0, split="") for f in files]
+    images, info = _decode_all(entries, prep_cfg, workers, "predict: reading calibration normals")
+    ok = [i for i, im in enumerate(images) if im is not None]
+    if len(ok) < MIN_HELD_OUT_NORMALS:
+        folders = " ".join(sorted({str(f.parent) for f in files}))
+        raise CxradError(f"--calibrate-on {folders}: {len(ok)} readable normal image(s), need at least "
+                         f"{MIN_HELD_OUT_NORMALS}; add known-normal studies from this archive.")
+    rejects = [(entries[i].id, str(info[i])) for i, im in enumerate(images) if im is None]
+    return np.stack([np.asarray(images[i], np.float32) for i in ok]), rejects
+
+
+def calibrated_thresholds(ens, asrs: dict[str, Any], pixels: np.ndarray, device, percentile: float
+                          ) -> tuple[dict[str, float], str]:
+    """Per-score thresholds = ``percentile`` of the scores of known-normal images ``pixels`` (N, H, W)."""
+    from cxrad.metrics import normal_threshold
+
+    scores, _ = score_images(ens, asrs, pixels, device, "predict: calibrating")
+    return ({k: normal_threshold(v, percentile) for k, v in scores.items()},
+            f"{percentile:g}th percentile of the scores of the {len(pixels)} local normal images (--calibrate-on)")
 
 
 def _overlay_png(image01: np.ndarray, heat01: np.ndarray, path: Path, scale: int = 4) -> None:
@@ -130,15 +210,16 @@ def _safe_name(path: str) -> str:
 
 
 def predict(run: Path, inputs: list[Path], out: Path, cfg: PredictConfig, force: bool = False,
-            workers: int | None = None) -> PredictResult:
+            workers: int | None = None, calibration: list[Path] | None = None) -> PredictResult:
     """Score files/folders ``inputs`` with finished run ``run`` and write the results to ``out``.
 
     With ``cfg.num_shards > 1`` this process handles share ``cfg.shard_id`` and writes to
-    ``out/shard-<k>-of-<n>/``.
+    ``out/shard-<k>-of-<n>/``. ``calibration``: files/folders of known-normal studies whose
+    score percentile becomes the threshold (every shard computes the same one).
     """
-    from cxrad.ensemble_maps import open_run, to_network_space
+    from cxrad.ensemble_maps import open_run
     from cxrad.stages.prepare import _decode_all, default_workers
-    from cxrad.stages.refine import load_asr, refined_maps
+    from cxrad.stages.refine import load_asr
 
     run, out = Path(run), Path(out)
     refiner_dirs = _check_run_complete(run)
@@ -152,44 +233,41 @@ def predict(run: Path, inputs: list[Path], out: Path, cfg: PredictConfig, force:
     files = shard(files, cfg.num_shards, cfg.shard_id)
     config = {"run": input_record(run), "inputs": [str(Path(p).resolve()) for p in inputs],
               "predict": cfg}
+    run_manifest = read_manifest(run, "run")
+    prep_cfg = config_from_parameters(run_manifest["config"]["preprocessing"])
+    workers = workers or default_workers()
+    calib_pixels, calib_rejects = None, []
+    if calibration:
+        # read (and refuse) the calibration set before the output folder is touched
+        calib_files, digest = calibration_files(calibration)
+        config["calibration"] = {"inputs": [str(Path(p).resolve()) for p in calibration],
+                                 "files": len(calib_files), "sha256": digest}
+        calib_pixels, calib_rejects = read_calibration(calib_files, prep_cfg, workers)
     if not begin_output(out, "predictions", config, force=force):
         progress.log(f"cxrad predict: {out} is up to date; nothing to do (use --force to redo).")
         m = read_manifest(out, "predictions")
-        return PredictResult(out, m["summary"]["predicted"],
-                             [tuple(r) for r in m["summary"]["rejects"]], m["summary"]["decision_score"],
-                             m["summary"]["threshold"])
+        s = m["summary"]
+        return PredictResult(out, s["predicted"], [tuple(r) for r in s["rejects"]], s["decision_score"],
+                             s["threshold"], s.get("threshold_source", ""))
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    run_manifest = read_manifest(run, "run")
-    prep_cfg = config_from_parameters(run_manifest["config"]["preprocessing"])
     entries = [Entry(id=str(f), loc=Locator(str(f)), label=-1, split="") for f in files]
-    images, info = _decode_all(entries, prep_cfg, workers or default_workers())
+    images, info = _decode_all(entries, prep_cfg, workers, "predict: decoding")
     ok = [i for i, im in enumerate(images) if im is not None]
     rejects += [(entries[i].id, str(info[i])) for i, im in enumerate(images) if im is None]  # logged by the decoder
 
     ens = open_run(run, device, command="cxrad predict")
     asrs = {name: load_asr(folder, device) for name, folder in refiner_dirs.items()}
-    thresholds, threshold_source = _thresholds(run, ens, asrs, device)
+    if calib_pixels is not None:
+        thresholds, threshold_source = calibrated_thresholds(ens, asrs, calib_pixels, device,
+                                                             EvaluateConfig().threshold_percentile)
+    else:
+        thresholds, threshold_source = _thresholds(run, ens, asrs, device)
     decision = next(k for k in PRIMARY if k in thresholds and (k in asrs or k.startswith("A_")))
 
-    scores: dict[str, list[float]] = {}
-    heat: list[np.ndarray] = []
     pixels = np.stack([np.asarray(images[i], np.float32) for i in ok]) if ok else np.zeros((0, 1, 1), np.float32)
-    batch = 64
-    with progress.task("predict: scoring", len(ok)) as bar:
-        for s in range(0, len(ok), batch):
-            x = to_network_space(torch.as_tensor(pixels[s:s + batch], device=device))
-            maps = {k: v.float().cpu().numpy() for k, v in ens.maps(x).items()}
-            for name in ("A_rec", "A_intra", "A_inter"):
-                if name in maps:
-                    scores.setdefault(name, []).extend(maps[name].reshape(len(x), -1).mean(1).tolist())
-            refined = {name: refined_maps(asr, maps, device) for name, asr in asrs.items()}
-            for name, r in refined.items():
-                scores.setdefault(name, []).extend(r.reshape(len(x), -1).mean(1).tolist())
-            key = "R_dual" if "R_dual" in refined else "R_intra"
-            heat.extend(refined[key])
-            bar.advance(len(x))
+    scores, heat = score_images(ens, asrs, pixels, device, "predict: scoring")
 
     names = [k for k in ("A_rec", "A_intra", "A_inter", "R_intra", "R_dual") if k in scores]
     buf = io.StringIO()
@@ -206,7 +284,7 @@ def predict(run: Path, inputs: list[Path], out: Path, cfg: PredictConfig, force:
             overlay = f"overlays/{j:06d}_{_safe_name(entries[i].id)}.png"
             _overlay_png(pixels[j], heat[j], out / overlay)
         w.writerow([entries[i].id, *(repr(float(scores[n][j])) for n in names), decision,
-                    repr(thresholds[decision]), int(value > thresholds[decision]), overlay])
+                    repr(thresholds[decision]), int(is_abnormal(value, thresholds[decision])), overlay])
     write_bytes_atomic(out / "predictions.csv", buf.getvalue().encode())
     rbuf = io.StringIO()
     rw = csv.writer(rbuf)
@@ -214,12 +292,13 @@ def predict(run: Path, inputs: list[Path], out: Path, cfg: PredictConfig, force:
     rw.writerows(rejects)
     write_bytes_atomic(out / "rejects.csv", rbuf.getvalue().encode())
     summary = {"predicted": len(ok), "rejects": rejects, "decision_score": decision,
-               "threshold": thresholds[decision], "threshold_source": threshold_source}
+               "threshold": thresholds[decision], "threshold_source": threshold_source,
+               "thresholds": thresholds, "calibration_rejects": calib_rejects}
     write_manifest(out, "predictions", config, inputs={"run": input_record(run)}, outputs=outputs,
                    timings={"total": time.perf_counter() - t0}, device=device_name(device),
                    extra={"summary": summary})
     finish_output(out)
-    return PredictResult(out, len(ok), rejects, decision, thresholds[decision])
+    return PredictResult(out, len(ok), rejects, decision, thresholds[decision], threshold_source)
 
 
 def summarize_predictions(folder: Path) -> dict[str, Any]:

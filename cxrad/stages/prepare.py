@@ -120,7 +120,7 @@ def _assign(entries: list[Entry], ok: np.ndarray, cfg: PrepareConfig, *, dry: bo
     return {k: np.array(sorted(v, key=lambda i: entries[i].id), dtype=np.int64) for k, v in out.items() if v}
 
 
-def _decode_all(entries: list[Entry], cfg: PrepareConfig, workers: int
+def _decode_all(entries: list[Entry], cfg: PrepareConfig, workers: int, label: str = "prepare: decoding"
                 ) -> tuple[list[Optional[np.ndarray]], list[Any]]:
     images: list[Optional[np.ndarray]] = [None] * len(entries)
     info: list[Any] = [None] * len(entries)
@@ -135,7 +135,7 @@ def _decode_all(entries: list[Entry], cfg: PrepareConfig, workers: int
         _init_worker(cfg)
         results = map(_decode, tasks)
     try:
-        with progress.task("prepare: decoding", len(tasks)) as bar:
+        with progress.task(label, len(tasks)) as bar:
             for i, img, what in results:
                 images[i], info[i] = img, what
                 if img is None:
