@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pydicom
 import pytest
 
@@ -79,6 +80,17 @@ def test_sample_fixture_sets(prepared_sample):
     normal = load_split(prepared_sample, "normal")
     assert normal.images.shape == (30, 64, 64) and 0 <= normal.images.min() and normal.images.max() <= 1
     assert set(normal.provenance) >= {"modality", "photometric", "transfer_syntax", "bits_stored", "original_shape"}
+
+
+def test_load_labels_reads_only_labels(prepared_sample):
+    from cxrad.errors import CxradError
+    from cxrad.io.store import load_labels
+
+    labels = load_labels(prepared_sample, "test")
+    assert labels.dtype == np.int8 and labels.tolist() == load_split(prepared_sample, "test").labels.tolist()
+    assert sorted(np.unique(labels).tolist()) == [0, 1] and int((labels == 0).sum()) == 20   # sample: 20 normal
+    with pytest.raises(CxradError, match="no 'val' set"):
+        load_labels(prepared_sample, "val")
 
 
 def test_per_file_problems_are_rejected_with_reasons(bad_tree, tmp_path, capsys):

@@ -117,6 +117,15 @@ def load_split(folder: str | Path, split: str) -> ImageSet:
         return _read_set(h5[split])
 
 
+def load_labels(folder: str | Path, split: str) -> np.ndarray:
+    """Only the (N,) int8 labels of one set (-1 unknown): no image is read."""
+    with open_prepared(folder) as h5:
+        if split not in h5:
+            have = ", ".join(n for n in SET_NAMES if n in h5) or "none"
+            raise CxradError(f"{folder}: prepared data has no '{split}' set (it has: {have}).")
+        return h5[split]["labels"][...].astype(np.int8)
+
+
 def _read_set(g: h5py.Group) -> ImageSet:
     ds = g["images"]
     images = ds[...].astype(np.float32) * np.float32(ds.attrs.get("scale", 1.0))

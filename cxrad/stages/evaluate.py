@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from cxrad import progress
@@ -54,13 +55,14 @@ def _load_maps(run: Path, split: str, device) -> tuple[dict[str, Any], dict | No
 
 def _check_labels(run: Path, prepared: Path, split: str) -> None:
     """Fail before any computation when the split lacks labels of both classes."""
+    # labels only: the maps themselves are read once, after this check
     if maps_file(run, split).is_file() and is_valid(run / "maps", "maps"):
-        labels = read_maps_h5(maps_file(run, split))["labels"]
+        with h5py.File(maps_file(run, split), "r") as h5:
+            labels = h5["labels"][...]
     else:
-        from cxrad.io.store import load_split
+        from cxrad.io.store import load_labels
 
-        labels = load_split(prepared, split).labels
-    labels = np.asarray(labels)
+        labels = load_labels(prepared, split)
     if np.any(labels < 0) or len(np.unique(labels)) < 2:
         raise CxradError(
             f"{run}: split '{split}' has no labels for some images or only one class; evaluate needs normal and "
