@@ -138,6 +138,8 @@ def test_predict_threshold_from_local_normals(tiny_run, tmp_path):
     assert manifest["config"]["calibration"]["files"] == 20
     assert len(manifest["config"]["calibration"]["sha256"]) == 64
     assert set(manifest["summary"]["thresholds"]) == {"A_rec", "A_intra", "A_inter", "R_intra", "R_dual"}
+    r = cli("inspect", out)
+    assert r.returncode == 0 and "threshold_source: 95th percentile of the scores of the 20 local normal images" in r.stdout
 
     # a changed calibration set is a different configuration: never reused, replaced only on --force
     changed = _copy(sorted(normals.glob("*.jpeg"))[:19] + sorted((SAMPLE / "kermany" / "train" / "NORMAL").glob("*.jpeg"))[:1],

@@ -304,4 +304,4 @@ def predict(run: Path, inputs: list[Path], out: Path, cfg: PredictConfig, force:
 def summarize_predictions(folder: Path) -> dict[str, Any]:
     s = read_manifest(folder, "predictions")["summary"]
     return {"predicted": s["predicted"], "rejected": len(s["rejects"]), "decision_score": s["decision_score"],
-            "threshold": s["threshold"]}
+            "threshold": s["threshold"], "threshold_source": s.get("threshold_source", "")}
