@@ -18,7 +18,6 @@ Writes benchmarks/results/train_speed-<device>.json and .md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform

@@ -8,11 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from conftest import SAMPLE, tiny_config
 
-from cxrad.stages.pipeline import load_config, run_pipeline
+from cxrad.stages.pipeline import load_config
 
 
 def cli(*args, env=None, **kw):
