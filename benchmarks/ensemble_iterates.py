@@ -32,10 +32,10 @@ def main(argv=None) -> int:
     from cxrad import losses
     from cxrad.config import EnsembleConfig
     from cxrad.io.store import load_split
-    from cxrad.discrepancy import discrepancy_maps, image_score
-    from cxrad.models.weight_average import precise_bn
-    from cxrad.stages.train_ensemble import member_seed
-    from cxrad.training import GroupTrainer, full_batches
+    from cxrad.methods.ddad.discrepancy import discrepancy_maps, image_score
+    from cxrad.methods.ddad.weight_average import precise_bn
+    from cxrad.methods.ddad.train_ensemble import member_seed
+    from cxrad.methods.ddad.trainer import GroupTrainer, full_batches
 
     d = EnsembleConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -26,9 +26,9 @@ from sklearn.metrics import roc_auc_score
 
 
 def main(argv=None) -> int:
-    from cxrad.discrepancy import a_inter, ensemble_mean, image_score
+    from cxrad.methods.ddad.discrepancy import a_inter, ensemble_mean, image_score
     from cxrad.io.store import load_split
-    from cxrad.models.ensemble import load_ensemble
+    from cxrad.methods.ddad.ensemble import load_ensemble
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prepared", type=Path)

@@ -31,10 +31,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from cxrad.ensemble_maps import open_run, to_network_space
-    from cxrad.fpi import Recipes, apply_recipes, RECIPE_FIELDS
+    from cxrad.methods.ddad.ensembles import open_run, to_network_space
+    from cxrad.methods.ddad.fpi import Recipes, apply_recipes, RECIPE_FIELDS
     from cxrad.io.store import load_split
-    from cxrad.stages.synthesize import read_recipes
+    from cxrad.methods.ddad.synthesize import read_recipes
 
     ens = open_run(args.run, torch.device("cpu"), need_udm=True)
     pool = to_network_space(torch.as_tensor(load_split(ens.prepared, "normal").images))

@@ -49,10 +49,10 @@ def main(argv=None) -> int:
     from cxrad.devices import device_name, resolve_device
     from cxrad.stages.evaluate import evaluate
     from cxrad.stages.prepare import prepare
-    from cxrad.stages.refine import refine
+    from cxrad.methods.ddad.refine import refine
     from cxrad.stages.score import score
-    from cxrad.stages.synthesize import synthesize
-    from cxrad.stages.train_ensemble import train_ensemble
+    from cxrad.methods.ddad.synthesize import synthesize
+    from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     prepared = args.workdir / "prepared" / f"kermany-n{args.normal_count}-v{args.val_normals}-s{args.seed}"
     run = args.workdir / "runs" / f"ae-e{args.epochs}-a{args.asr_epochs}-s{args.seed}"

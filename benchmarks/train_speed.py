@@ -96,7 +96,7 @@ def measure_cxrad(images, backbone: str, members_per_model: int, epochs: int, de
     import torch
 
     from cxrad import losses
-    from cxrad.training import GroupTrainer
+    from cxrad.methods.ddad.trainer import GroupTrainer
 
     data = torch.from_numpy(images).to(device) * 2 - 1
     arch = dict(size=64, latent_dim=16, memory_items=25, shrink_threshold=0.0)
@@ -120,7 +120,7 @@ def measure_plain(images, backbone: str, epochs: int, device) -> float:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from cxrad.models.autoencoders import build_member
+    from cxrad.methods.ddad.autoencoders import build_member
 
     class Images(Dataset):
         def __init__(self, arr):
@@ -174,7 +174,7 @@ def time_full_stage(prepared: Path, args) -> dict:
 
         torch.set_num_threads(args.threads)
     from cxrad.config import EnsembleConfig
-    from cxrad.stages.train_ensemble import train_ensemble
+    from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     cfg = EnsembleConfig(epochs=args.full_epochs, device=args.device, amp=args.amp)
     with tempfile.TemporaryDirectory(dir=REPO / "cxrad-work") as tmp:

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 def _epoch_logger(test_maps, labels, store: list):
     """on_epoch callback: test AUC/AP of the kept model after each epoch — analysis only."""
     from cxrad.metrics import auc, average_precision
-    from cxrad.stages.refine import refined_maps
+    from cxrad.methods.ddad.refine import refined_maps
 
     def cb(epoch, asr):
         s = refined_maps(asr, test_maps).reshape(len(labels), -1).mean(1)
@@ -136,7 +136,7 @@ def _epoch_logger(test_maps, labels, store: list):
 
 
 def _test_maps(run: Path, device):
-    from cxrad.ensemble_maps import maps_of_images, open_run
+    from cxrad.methods.ddad.ensembles import maps_of_images, open_run
     from cxrad.io.store import load_split
 
     ens = open_run(run, device)
@@ -148,10 +148,10 @@ def _test_maps(run: Path, device):
 def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: str, asr_epochs: int) -> dict:
     from cxrad.stages.evaluate import evaluate
     from cxrad.stages.prepare import prepare
-    from cxrad.stages.refine import refine
+    from cxrad.methods.ddad.refine import refine
     from cxrad.stages.score import score
-    from cxrad.stages.synthesize import synthesize
-    from cxrad.stages.train_ensemble import train_ensemble
+    from cxrad.methods.ddad.synthesize import synthesize
+    from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     timings: dict[str, float] = {}
     per_epoch: dict[str, list] = {}
@@ -205,8 +205,8 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
     from cxrad.config import SynthConfig
     from cxrad.metrics import auc
     from cxrad.devices import resolve_device
-    from cxrad.stages.refine import refine
-    from cxrad.stages.synthesize import synthesize
+    from cxrad.methods.ddad.refine import refine
+    from cxrad.methods.ddad.synthesize import synthesize
 
     device = resolve_device(args.device)
     test_maps, labels = _test_maps(run, device)

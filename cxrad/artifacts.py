@@ -9,7 +9,8 @@ therefore leaves either the previous valid artifact or something no stage accept
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import csv
+import io
 import hashlib
 import json
 import os
@@ -17,13 +18,15 @@ import platform
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from cxrad import __version__
+from cxrad.config import identity_digest, to_jsonable
 from cxrad.errors import CxradError
+from cxrad.layout import MANIFEST as MANIFEST_NAME
+from cxrad.layout import PARTIAL_MARKER
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 
 # kind -> the command that makes it; used to tell users which step is missing.
 PRODUCER = {
@@ -80,27 +83,29 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n").encode())
 
 
+def write_csv_atomic(path: str | os.PathLike, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    """A CSV file (header + rows) written atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_bytes_atomic(path, buf.getvalue().encode())
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a kill never leaves half a file."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, paths, tuples and numpy scalars -> plain JSON types."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return obj.item()
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +171,7 @@ def write_manifest(
         "cxrad_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": to_jsonable(config),
+        "identity": identity_digest(config),
         "inputs": to_jsonable(inputs or {}),
         "outputs": files,
         "timings_s": to_jsonable(timings or {}),
@@ -266,7 +272,7 @@ def begin_output(folder: str | os.PathLike, kind: str, config: Any, *, force: bo
             raise CxradError(
                 f"{folder}: holds a {old.get('kind')} artifact, not {kind}; choose another path or use --force."
             )
-        if old.get("config") == to_jsonable(config) and is_valid(folder, kind):
+        if same_identity(old, config) and is_valid(folder, kind):
             return False
         raise CxradError(
             f"{folder}: already holds a {kind} artifact made with a different configuration; "
@@ -274,16 +280,25 @@ def begin_output(folder: str | os.PathLike, kind: str, config: Any, *, force: bo
         )
     if folder.is_dir() and any(folder.iterdir()) and not force:
         names = {p.name for p in folder.iterdir()}
-        if not (names <= {".cxrad-partial"} or (folder / ".cxrad-partial").exists()):
+        if not (names <= {PARTIAL_MARKER} or (folder / PARTIAL_MARKER).exists()):
             raise CxradError(
                 f"{folder}: exists and holds files that are not a cxrad artifact; choose an empty or new folder, or use --force."
             )
     folder.mkdir(parents=True, exist_ok=True)
     # Marks a folder as ours while it is being written, so a killed run can be redone without --force.
-    (folder / ".cxrad-partial").touch()
+    (folder / PARTIAL_MARKER).touch()
     return True
+
+
+def same_identity(manifest: dict[str, Any], config: Any) -> bool:
+    """Whether an existing manifest was made with the same identity as ``config`` (operational
+    fields such as the device ignored: cxrad.config.identity). Manifests written before identities
+    were recorded compare their whole config."""
+    if "identity" in manifest:
+        return manifest["identity"] == identity_digest(config)
+    return manifest.get("config") == to_jsonable(config)
 
 
 def finish_output(folder: str | os.PathLike) -> None:
     with contextlib.suppress(FileNotFoundError):
-        (Path(folder) / ".cxrad-partial").unlink()
+        (Path(folder) / PARTIAL_MARKER).unlink()

@@ -14,16 +14,9 @@ from typing import List, Optional
 import typer
 
 from cxrad import __version__, progress
-from cxrad.config import (
-    EnsembleConfig,
-    EvaluateConfig,
-    PrepareConfig,
-    PredictConfig,
-    RefineConfig,
-    ScoreConfig,
-    SynthConfig,
-)
+from cxrad.config import EvaluateConfig, PredictConfig, PrepareConfig, ScoreConfig
 from cxrad.errors import CxradError
+from cxrad.methods.ddad.config import EnsembleConfig, RefineConfig, SynthConfig
 from cxrad.thresholds import MIN_HELD_OUT_NORMALS
 
 app = typer.Typer(
@@ -34,8 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-P, E, S, Y, R, V, D = (PrepareConfig(), EnsembleConfig(), ScoreConfig(), SynthConfig(),
-                       RefineConfig(), EvaluateConfig(), PredictConfig())
+# the defaults every option shows: the config dataclasses are their one source
+PREPARE, ENSEMBLE, SCORE, SYNTH = PrepareConfig(), EnsembleConfig(), ScoreConfig(), SynthConfig()
+REFINE, EVALUATE, PREDICT = RefineConfig(), EvaluateConfig(), PredictConfig()
 
 
 def _version_callback(value: bool) -> None:
@@ -104,22 +98,22 @@ def prepare(
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV path,label[,split][,patient_id]; "
                                           "paths relative to SOURCE; label 0/1/empty; split normal|unlabeled|test|val|train."),
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="Authors' benchmark data.json."),
-    size: int = typer.Option(P.size, "--size", help="Output side in pixels."),
-    intensity: str = typer.Option(P.intensity, "--intensity", help="minmax | percentile"),
-    percentiles: tuple[float, float] = typer.Option(P.percentiles, "--percentiles", help="Low/high for percentile."),
-    crop: str = typer.Option(P.crop, "--crop", help="none | center (square centre crop before resizing)."),
+    size: int = typer.Option(PREPARE.size, "--size", help="Output side in pixels."),
+    intensity: str = typer.Option(PREPARE.intensity, "--intensity", help="minmax | percentile"),
+    percentiles: tuple[float, float] = typer.Option(PREPARE.percentiles, "--percentiles", help="Low/high for percentile."),
+    crop: str = typer.Option(PREPARE.crop, "--crop", help="none | center (square centre crop before resizing)."),
     no_voi_lut: bool = typer.Option(False, "--no-voi-lut", help="Ignore DICOM VOI LUT / window."),
     allow_modality: List[str] = typer.Option([], "--allow-modality", help="Accept this DICOM modality too (repeatable)."),
-    store_dtype: str = typer.Option(P.store_dtype, "--store-dtype", help="float16 | uint8"),
-    workers: Optional[int] = typer.Option(P.workers, "--workers", help="Decoding processes [default: usable CPUs]."),
-    normal_count: Optional[int] = typer.Option(P.normal_count, "--normal-count", help="Dn size."),
-    unlabeled_count: Optional[int] = typer.Option(P.unlabeled_count, "--unlabeled-count", help="Du size."),
-    anomaly_rate: Optional[float] = typer.Option(P.anomaly_rate, "--anomaly-rate", help="Share of abnormal images in Du."),
-    test_fraction: float = typer.Option(P.test_fraction, "--test-fraction", help="Hold-out when SOURCE has no test set."),
-    val_normals: int = typer.Option(P.val_normals, "--val-normals",
+    store_dtype: str = typer.Option(PREPARE.store_dtype, "--store-dtype", help="float16 | uint8"),
+    workers: Optional[int] = typer.Option(PREPARE.workers, "--workers", help="Decoding processes [default: usable CPUs]."),
+    normal_count: Optional[int] = typer.Option(PREPARE.normal_count, "--normal-count", help="Dn size."),
+    unlabeled_count: Optional[int] = typer.Option(PREPARE.unlabeled_count, "--unlabeled-count", help="Du size."),
+    anomaly_rate: Optional[float] = typer.Option(PREPARE.anomaly_rate, "--anomaly-rate", help="Share of abnormal images in Du."),
+    test_fraction: float = typer.Option(PREPARE.test_fraction, "--test-fraction", help="Hold-out when SOURCE has no test set."),
+    val_normals: int = typer.Option(PREPARE.val_normals, "--val-normals",
                                     help="Hold this many normal images out of training; the decision threshold "
                                          "comes from their scores."),
-    seed: int = typer.Option(P.seed, "--seed"),
+    seed: int = typer.Option(PREPARE.seed, "--seed"),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact at --out."),
 ) -> None:
     """Decode, preprocess and split chest X-rays into OUT/data.h5 (normal, unlabeled, test[, val])."""
@@ -138,27 +132,27 @@ def prepare(
 def train_ensemble(
     prepared: Path = typer.Argument(..., help="Prepared data folder (`cxrad prepare`)."),
     run: Path = typer.Option(..., "--run", help="Run folder to create or continue."),
-    module: str = typer.Option(E.module, "--module", help="ndm (Dn) | udm (Dn ∪ Du) | both"),
-    members: int = typer.Option(E.members, "--members", help="K members per module (>= 2)."),
-    backbone: str = typer.Option(E.backbone, "--backbone", help="ae | memae | aeu"),
-    epochs: int = typer.Option(E.epochs, "--epochs"),
-    batch_size: int = typer.Option(E.batch_size, "--batch-size"),
-    lr: float = typer.Option(E.lr, "--lr"),
-    seed: int = typer.Option(E.seed, "--seed"),
-    paired_init: bool = typer.Option(E.paired_init, "--paired-init/--independent-init",
+    module: str = typer.Option(ENSEMBLE.module, "--module", help="ndm (Dn) | udm (Dn ∪ Du) | both"),
+    members: int = typer.Option(ENSEMBLE.members, "--members", help="K members per module (>= 2)."),
+    backbone: str = typer.Option(ENSEMBLE.backbone, "--backbone", help="ae | memae | aeu"),
+    epochs: int = typer.Option(ENSEMBLE.epochs, "--epochs"),
+    batch_size: int = typer.Option(ENSEMBLE.batch_size, "--batch-size"),
+    lr: float = typer.Option(ENSEMBLE.lr, "--lr"),
+    seed: int = typer.Option(ENSEMBLE.seed, "--seed"),
+    paired_init: bool = typer.Option(ENSEMBLE.paired_init, "--paired-init/--independent-init",
                                      help="UDM member i starts like NDM member i (default) or independently (reference)."),
-    ema_decay: float = typer.Option(E.ema_decay, "--ema-decay",
+    ema_decay: float = typer.Option(ENSEMBLE.ema_decay, "--ema-decay",
                                     help="Save an exponential moving average of the weights (0 = last step, reference)."),
-    checkpoint_every: int = typer.Option(E.checkpoint_every, "--checkpoint-every", help="Epochs between checkpoints."),
+    checkpoint_every: int = typer.Option(ENSEMBLE.checkpoint_every, "--checkpoint-every", help="Epochs between checkpoints."),
     member: Optional[int] = typer.Option(None, "--member", help="Train only member i (one process per member; "
                                          "default under SLURM: from SLURM_ARRAY_TASK_ID)."),
-    device: str = typer.Option(E.device, "--device", help="auto | cpu | cuda | cuda:N"),
-    amp: bool = typer.Option(E.amp, "--amp/--no-amp", help="bf16 mixed precision (CUDA only; off by default)."),
+    device: str = typer.Option(ENSEMBLE.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    amp: bool = typer.Option(ENSEMBLE.amp, "--amp/--no-amp", help="bf16 mixed precision (CUDA only; off by default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoints."),
     force: bool = typer.Option(False, "--force", help="Retrain finished members / replace a different run."),
 ) -> None:
     """Train the NDM and UDM ensembles (DDAD stage 1) -> RUN/ensemble/{ndm,udm}/member-<i>.pt."""
-    from cxrad.stages.train_ensemble import train_ensemble as run_train
+    from cxrad.methods.ddad.train_ensemble import train_ensemble as run_train
 
     cfg = EnsembleConfig(module=module, members=members, backbone=backbone, epochs=epochs, batch_size=batch_size,
                          lr=lr, seed=seed, paired_init=paired_init, ema_decay=ema_decay,
@@ -170,9 +164,9 @@ def train_ensemble(
 @app.command()
 def score(
     run: Path = typer.Argument(..., help="A run folder with trained ensembles (`cxrad train-ensemble`)."),
-    split: str = typer.Option(S.split, "--split", help="test | val | normal | unlabeled | all (normal is always added)."),
-    batch_size: int = typer.Option(S.batch_size, "--batch-size"),
-    device: str = typer.Option(S.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    split: str = typer.Option(SCORE.split, "--split", help="test | val | normal | unlabeled | all (normal is always added)."),
+    batch_size: int = typer.Option(SCORE.batch_size, "--batch-size"),
+    device: str = typer.Option(SCORE.device, "--device", help="auto | cpu | cuda | cuda:N"),
     force: bool = typer.Option(False, "--force", help="Replace existing maps."),
 ) -> None:
     """Discrepancy maps (A_rec, A_intra, A_inter) and image scores of a split -> RUN/maps/<split>.h5."""
@@ -184,16 +178,16 @@ def score(
 @app.command()
 def synthesize(
     run: Path = typer.Argument(..., help="A run folder (`cxrad train-ensemble`)."),
-    epochs: int = typer.Option(Y.epochs, "--epochs", help="ASR training epochs to draw FPI recipes for."),
-    seed: int = typer.Option(Y.seed, "--seed"),
-    space: str = typer.Option(Y.space, "--space",
+    epochs: int = typer.Option(SYNTH.epochs, "--epochs", help="ASR training epochs to draw FPI recipes for."),
+    seed: int = typer.Option(SYNTH.seed, "--seed"),
+    space: str = typer.Option(SYNTH.space, "--space",
                               help="maps (blend discrepancy maps, donors from the unlabelled set), image "
                                    "(the reference: blend images, donors from the normal set), or auto "
                                    "(maps when unlabelled images exist)."),
     force: bool = typer.Option(False, "--force"),
 ) -> None:
     """FPI pseudo-anomaly recipes for every ASR epoch -> RUN/synth/fpi.h5 + preview.png."""
-    from cxrad.stages.synthesize import synthesize as run_synth
+    from cxrad.methods.ddad.synthesize import synthesize as run_synth
 
     typer.echo(run_synth(run, SynthConfig(epochs=epochs, seed=seed, space=space), force=force))
 
@@ -201,21 +195,21 @@ def synthesize(
 @app.command()
 def refine(
     run: Path = typer.Argument(..., help="A run with ensembles and FPI recipes (`cxrad synthesize`)."),
-    inputs: str = typer.Option(R.inputs, "--inputs", help="dual ([A_inter, A_intra]) or intra (A_intra)."),
-    epochs: int = typer.Option(R.epochs, "--epochs"),
-    batch_size: int = typer.Option(R.batch_size, "--batch-size"),
-    lr: float = typer.Option(R.lr, "--lr"),
-    seed: int = typer.Option(R.seed, "--seed"),
-    normalize: str = typer.Option(R.normalize, "--normalize", help="normal-pixel-mean (default: divide by the normal images' mean map), normal-mean (one scalar per channel) or none (reference: raw maps)."),
-    ema_decay: float = typer.Option(R.ema_decay, "--ema-decay", help="EMA of the weights; 0 keeps the raw final weights."),
-    precise_bn: bool = typer.Option(R.precise_bn, "--precise-bn/--no-precise-bn",
+    inputs: str = typer.Option(REFINE.inputs, "--inputs", help="dual ([A_inter, A_intra]) or intra (A_intra)."),
+    epochs: int = typer.Option(REFINE.epochs, "--epochs"),
+    batch_size: int = typer.Option(REFINE.batch_size, "--batch-size"),
+    lr: float = typer.Option(REFINE.lr, "--lr"),
+    seed: int = typer.Option(REFINE.seed, "--seed"),
+    normalize: str = typer.Option(REFINE.normalize, "--normalize", help="normal-pixel-mean (default: divide by the normal images' mean map), normal-mean (one scalar per channel) or none (reference: raw maps)."),
+    ema_decay: float = typer.Option(REFINE.ema_decay, "--ema-decay", help="EMA of the weights; 0 keeps the raw final weights."),
+    precise_bn: bool = typer.Option(REFINE.precise_bn, "--precise-bn/--no-precise-bn",
                                     help="Recompute BatchNorm statistics of the kept model over one synthetic epoch."),
-    device: str = typer.Option(R.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    device: str = typer.Option(REFINE.device, "--device", help="auto | cpu | cuda | cuda:N"),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/refine/<inputs>/checkpoint.ckpt."),
     force: bool = typer.Option(False, "--force"),
 ) -> None:
     """Train ASR-Net on maps of FPI pseudo-anomalies -> RUN/refine/<inputs>/asr.pt."""
-    from cxrad.stages.refine import refine as run_refine
+    from cxrad.methods.ddad.refine import refine as run_refine
 
     cfg = RefineConfig(inputs=inputs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, normalize=normalize,
                        ema_decay=ema_decay, precise_bn=precise_bn, device=device)
@@ -225,19 +219,22 @@ def refine(
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run with maps and/or ASR nets."),
-    split: str = typer.Option(V.split, "--split", help="A labelled split (default: test)."),
-    percentile: float = typer.Option(V.threshold_percentile, "--threshold-percentile",
+    split: str = typer.Option(EVALUATE.split, "--split", help="A labelled split (default: test)."),
+    percentile: float = typer.Option(EVALUATE.threshold_percentile, "--threshold-percentile",
                                      help="Threshold = this percentile of the calibration normals' scores."),
-    threshold_from: str = typer.Option(V.threshold_from, "--threshold-from",
+    threshold_from: str = typer.Option(EVALUATE.threshold_from, "--threshold-from",
                                        help="auto (held-out val normals when >= 20, else training normals) | val | normal"),
-    device: str = typer.Option(V.device, "--device"),
+    device: str = typer.Option(EVALUATE.device, "--device"),
     force: bool = typer.Option(False, "--force"),
 ) -> None:
     """AUC/AP/F1 and thresholded metrics of every score, plots and overlays -> RUN/eval/."""
     from cxrad.stages.evaluate import evaluate as run_eval
 
-    run_eval(run, EvaluateConfig(split=split, threshold_percentile=percentile, threshold_from=threshold_from,
-                                 device=device), force=force)
+    from cxrad.report.tables import print_metrics_table
+
+    metrics = run_eval(run, EvaluateConfig(split=split, threshold_percentile=percentile, threshold_from=threshold_from,
+                                           device=device), force=force)
+    print_metrics_table(metrics)
     typer.echo(Path(run) / "eval")
 
 
@@ -257,7 +254,7 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result (paths, steps, metrics) as JSON."),
 ) -> None:
     """Run prepare → train-ensemble → synthesize → refine → score → evaluate, skipping finished stages."""
-    from cxrad.stages.pipeline import run_pipeline
+    from cxrad.pipeline import run_pipeline
 
     result = run_pipeline(config, workdir, dry_run=dry_run, force=force, stages=stage or None)
     if as_json:
@@ -267,11 +264,9 @@ def run_cmd(
         for s in result["steps"]:
             typer.echo(f"{s['action']:>6}  {s['name']:<16} {s['reason']}  ->  {s['output']}")
     elif result["metrics"]:
-        evaluated_now = any(s["name"] == "evaluate" and s["action"] != "skip" for s in result["steps"])
-        if not evaluated_now:  # `cxrad evaluate` prints the table itself when it runs
-            from cxrad.report.tables import print_metrics_table
+        from cxrad.report.tables import print_metrics_table
 
-            print_metrics_table(result["metrics"])
+        print_metrics_table(result["metrics"])
         typer.echo(f"report: {Path(result['run']) / 'eval'}")
     typer.echo(f"prepared data: {result['prepared']}")
     typer.echo(f"run: {result['run']}")
@@ -285,13 +280,13 @@ def predict(
     run: Path = typer.Argument(..., help="A finished run folder (ensembles + ASR-Net)."),
     inputs: List[Path] = typer.Argument(..., help="DICOM/PNG/JPEG files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", help="Output folder for predictions.csv, rejects.csv, overlays/."),
-    num_shards: int = typer.Option(D.num_shards, "--num-shards", help="Split the inputs into N shards ..."),
-    shard_id: int = typer.Option(D.shard_id, "--shard-id", help="... and score shard k (0-based)."),
-    overlays: bool = typer.Option(D.overlays, "--overlays/--no-overlays", help="Write one heat-map PNG per image."),
-    device: str = typer.Option(D.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    num_shards: int = typer.Option(PREDICT.num_shards, "--num-shards", help="Split the inputs into N shards ..."),
+    shard_id: int = typer.Option(PREDICT.shard_id, "--shard-id", help="... and score shard k (0-based)."),
+    overlays: bool = typer.Option(PREDICT.overlays, "--overlays/--no-overlays", help="Write one heat-map PNG per image."),
+    device: str = typer.Option(PREDICT.device, "--device", help="auto | cpu | cuda | cuda:N"),
     calibrate_on: Optional[List[Path]] = typer.Option(
         None, "--calibrate-on", help=f"Folder (or file) of known-normal studies from this archive: the threshold becomes the "
-        f"{V.threshold_percentile:g}th percentile of their scores. Repeatable; at least {MIN_HELD_OUT_NORMALS} images."),
+        f"{EVALUATE.threshold_percentile:g}th percentile of their scores. Repeatable; at least {MIN_HELD_OUT_NORMALS} images."),
     force: bool = typer.Option(False, "--force", help="Replace existing predictions at --out."),
 ) -> None:
     """Score new studies; exit code 1 when some inputs were rejected (they are listed in rejects.csv)."""

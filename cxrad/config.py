@@ -1,29 +1,144 @@
-"""One dataclass per stage: the single source of every default.
+"""Stage configuration: one dataclass per stage, the single source of every default.
 
-The CLI builds its option defaults from these, `cxrad run` TOML files override them field by
-field, and the resolved dataclass is what each stage records in its manifest. Reference
-hyper-parameters (DESIGN §1.2) are the defaults.
+The CLI builds its option defaults from these, `cxrad run` TOML tables override them field by
+field, and the resolved dataclass is what each stage records in its manifest. Every config
+validates itself (:meth:`StageConfig.validate`) before any work starts: the CLI, TOML loading and
+``cxrad run --dry-run`` all call it.
+
+Two kinds of field:
+
+* **identity** fields change what a stage computes; two artifacts made with the same identity are
+  the same artifact (a re-run is a no-op);
+* **operational** fields (:func:`operational`) only change how the work runs — device, worker
+  processes, checkpoint cadence. They are recorded in the manifest but never make a
+  configuration "different": a re-run on another device reuses the artifact.
+
+The method-specific configs (DDAD-ASR's ensemble, synthesis and refinement) live with their
+method in ``cxrad/methods/<name>/config.py`` and use the same base.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Optional
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from cxrad.errors import CxradError
+
+Device = str   # "auto" | "cpu" | "cuda" | "cuda:N" | "mps": checked by cxrad.devices.resolve_device
 
 
+def operational(default: Any) -> Any:
+    """A dataclass field that changes how a stage runs, not what it computes."""
+    return field(default=default, metadata={"operational": True})
+
+
+def operational_fields(cfg_or_type: Any) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cfg_or_type) if f.metadata.get("operational"))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths, tuples and numpy/torch scalars -> plain JSON types."""
+    import os
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return obj.item()
+    return obj
+
+
+def identity(obj: Any) -> Any:
+    """The part of a configuration that decides an artifact's content, as plain JSON types.
+
+    Like :func:`to_jsonable`, but every operational field of every dataclass inside ``obj`` is left
+    out. This is the one place that decides whether two configurations are "the same".
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: identity(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("operational")}
+    if isinstance(obj, dict):
+        return {str(k): identity(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [identity(v) for v in obj]
+    return to_jsonable(obj)
+
+
+def identity_digest(obj: Any) -> str:
+    """sha256 of :func:`identity` (canonical JSON): what manifests and checkpoints compare."""
+    return hashlib.sha256(json.dumps(identity(obj), sort_keys=True).encode()).hexdigest()
+
+
+class StageConfig:
+    """Base of every stage config: Literal fields are checked against their choices, the
+    subclass adds its range checks in :meth:`check`. Errors are one line naming the option."""
+
+    def validate(self) -> "StageConfig":
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            choices = _literal_choices(hints.get(f.name))
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise CxradError(f"{_option(f.name)} {value!r}: use one of {', '.join(map(str, choices))}.")
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """Range and consistency checks of the subclass (raise CxradError)."""
+
+
+def _literal_choices(tp: Any) -> tuple:
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    return ()
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def at_least(cfg: Any, minimum: float, *names: str) -> None:
+    """Refuse any of ``names`` below ``minimum`` with the option's name."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < minimum:
+            raise CxradError(f"{_option(name)} {value}: must be at least {minimum:g}.")
+
+
+def in_range(cfg: Any, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
+    value = getattr(cfg, name)
+    if value is None:
+        return
+    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise CxradError(f"{_option(name)} {value}: must lie in {left}{lo:g}, {hi:g}{right}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# generic stages
+# ---------------------------------------------------------------------------------------------
 @dataclass
-class PrepareConfig:
+class PrepareConfig(StageConfig):
     """`cxrad prepare`: image decoding, preprocessing and split building."""
 
     size: int = 64                      # output side in pixels (square)
-    intensity: str = "minmax"           # "minmax" or "percentile"
+    intensity: Literal["minmax", "percentile"] = "minmax"
     percentiles: tuple[float, float] = (0.5, 99.5)  # used when intensity == "percentile"
-    crop: str = "none"                  # "none" or "center" (centre crop to a square before resizing)
+    crop: Literal["none", "center"] = "none"        # centre crop to a square before resizing
     voi_lut: bool = True                # apply a DICOM VOI LUT / window when present
     allow_modality: tuple[str, ...] = ()  # extra DICOM modalities accepted besides CR/DX/DR/RG/XA
-    store_dtype: str = "float16"        # "float16" ([0,1]) or "uint8" (scale 1/255 recorded)
-    workers: Optional[int] = None       # decoding processes; None = CPUs this process may use
+    store_dtype: Literal["float16", "uint8"] = "float16"  # uint8: scale 1/255 recorded
+    workers: Optional[int] = operational(None)  # decoding processes; None = CPUs this process may use
     # split building (used when the input does not name Dn/Du directly)
     normal_count: Optional[int] = None
     unlabeled_count: Optional[int] = None
@@ -31,127 +146,67 @@ class PrepareConfig:
     test_fraction: float = 0.2          # hold-out when the input has no test split
     val_normals: int = 0                # normal images held out of training as the `val` split: the
                                         # decision threshold comes from their scores (training normals
-                                        # score lower than unseen ones; measured in the README)
+                                        # score lower than unseen ones: docs/method.md, "Thresholds")
     seed: int = 0
 
-
-@dataclass
-class EnsembleConfig:
-    """`cxrad train-ensemble`: K reconstruction networks per module (DESIGN §1.1, §1.2)."""
-
-    module: str = "both"                # "ndm", "udm" or "both"
-    members: int = 3                    # K; intra-discrepancy needs K >= 2
-    backbone: str = "ae"                # "ae", "memae" or "aeu"
-    epochs: int = 250
-    batch_size: int = 64
-    lr: float = 5e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = 0.0
-    latent_dim: int = 16
-    memory_items: int = 25              # MemAE
-    shrink_threshold: float = 0.0       # MemAE hard shrinkage; 0 disables (reference)
-    entropy_weight: float = 0.0002      # MemAE attention-entropy loss weight
-    seed: int = 0
-    paired_init: bool = True            # UDM member i starts from NDM member i's weights and shuffle seed:
-                                        # A_inter = |mean_NDM - mean_UDM| then measures what Du taught the
-                                        # UDM, not two independent inits (measured: +1.6 to +2.7 AUC on
-                                        # ZhangLab, benchmarks/results/zhanglab-asr-study.md); False = the
-                                        # reference's independent members
-    ema_decay: float = 0.998            # keep an exponential moving average of each member's weights and
-                                        # save it (BN statistics recomputed over the training set); warm-up
-                                        # min(decay, (1+t)/(10+t)) over steps t, so short runs average
-                                        # their last ~10 % of steps. 0 = the reference: last step's weights
-    checkpoint_every: int = 10          # epochs between checkpoints
-    device: str = "auto"
-    amp: bool = False                   # bf16 autocast of the forward pass; CUDA only (changes results)
+    def check(self) -> None:
+        if self.size < 8 or self.size > 4096:
+            raise CxradError(f"--size {self.size}: use a side between 8 and 4096 pixels.")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise CxradError(f"--percentiles {lo} {hi}: need 0 <= low < high <= 100.")
+        at_least(self, 1, "workers")
+        at_least(self, 0, "normal_count", "unlabeled_count", "val_normals")
+        in_range(self, "anomaly_rate", 0.0, 1.0)
+        in_range(self, "test_fraction", 0.0, 1.0, hi_open=True)
 
 
 @dataclass
-class ScoreConfig:
-    """`cxrad score`: discrepancy maps of a split."""
+class ScoreConfig(StageConfig):
+    """`cxrad score`: every map and image score of a split, with the run's method."""
 
-    split: str = "test"                 # test | val | normal | unlabeled | all
-    batch_size: int = 256
-    device: str = "auto"
+    split: Literal["test", "val", "normal", "unlabeled", "all"] = "test"
+    batch_size: int = operational(256)
+    device: Device = operational("auto")
 
-
-@dataclass
-class SynthConfig:
-    """`cxrad synthesize`: FPI pseudo-anomaly recipes (DESIGN §1.3)."""
-
-    epochs: int = 100                   # one recipe set per ASR training epoch
-    seed: int = 0
-    patch_probability: float = 0.5
-    centre_range: tuple[float, float] = (0.1, 0.9)      # fraction of the side, [lo, hi)
-    half_width_range: tuple[float, float] = (0.05, 0.2)  # fraction of the side, [lo, hi)
-    preview_count: int = 32
-    # Where the patch is blended (benchmarks/results/zhanglab-asr-study.md):
-    #   "maps"  — into the discrepancy maps of a Dn image, donor maps from an unlabelled (Du) image;
-    #   "image" — the reference: into the image, donor another Dn image (ASR-Net then sees the maps
-    #             of the blended image, which at 64 px barely change inside the patch);
-    #   "auto"  — "maps" when the prepared data hold unlabelled images, else "image".
-    space: str = "auto"
+    def check(self) -> None:
+        at_least(self, 1, "batch_size")
 
 
 @dataclass
-class RefineConfig:
-    """`cxrad refine`: ASR-Net training on maps of synthetic anomalies (DESIGN §1.1, §1.2)."""
+class EvaluateConfig(StageConfig):
+    """`cxrad evaluate`: metrics and report on a labelled split."""
 
-    inputs: str = "dual"                # "dual" ([A_inter, A_intra]) or "intra"
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = 1e-4
-    focal_gamma: float = 2.0
-    hidden_channels: int = 128
-    seed: int = 0
-    checkpoint_every: int = 10
-    device: str = "auto"
-    # Departures from the reference that make the final model stable (benchmarks/results/zhanglab-asr-study.md):
-    normalize: str = "normal-pixel-mean"  # divide each map channel by the normal training images' mean
-                                        # map, pixel by pixel (floored at 10% of the channel mean);
-                                        # "normal-mean": by one scalar per channel; "none" = reference:
-                                        # raw maps, ~1e-2 scale
-    ema_decay: float = 0.999            # keep an exponential moving average of the weights (0 = off);
-                                        # warm-up min(decay, (1+t)/(10+t)) so short runs are not stuck at init
-    clip_quantile: float = 0.0          # >0: clip each input channel at this quantile of its values on
-                                        # the normal training images' maps (recorded); 0 = off
-    level_jitter: tuple[float, float] = (1.0, 1.0)  # per-sample, per-channel gain on the input maps,
-                                        # log-uniform in [lo, hi]: the ensembles memorise Dn, so maps of
-                                        # unseen images sit 1.2-1.9x higher than Dn maps; (1, 1) = off
-    precise_bn: bool = True             # recompute BatchNorm statistics of the kept weights over one
-                                        # full synthetic epoch (the running stats of batch-8 training are
-                                        # those of the last ~10 batches)
-
-
-@dataclass
-class EvaluateConfig:
-    """`cxrad evaluate`: metrics and report on the labelled test split (DESIGN §3)."""
-
-    split: str = "test"
+    split: Literal["test", "val", "normal", "unlabeled"] = "test"
     threshold_percentile: float = 95.0  # of the calibration normals' scores
-    threshold_from: str = "auto"        # "auto": held-out normals (val split, >= 20) when present, else the
-                                        # normal training images; "val" or "normal" to force one
-                                        # (cxrad/thresholds.py says why held-out normals are better)
+    threshold_from: Literal["auto", "val", "normal"] = "auto"
+    # "auto": held-out normals (val split, >= 20) when present, else the normal training images;
+    # "val" or "normal" to force one (docs/method.md, "Thresholds", says why held-out is better)
     overlay_count: int = 8              # highest and lowest scored images shown
-    device: str = "auto"
+    device: Device = operational("auto")
+
+    def check(self) -> None:
+        in_range(self, "threshold_percentile", 0.0, 100.0, lo_open=True, hi_open=True)
+        at_least(self, 0, "overlay_count")
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(StageConfig):
     """`cxrad predict`: scores and overlays for new images with a finished run."""
 
-    num_shards: int = 1
-    shard_id: int = 0
+    num_shards: int = operational(1)
+    shard_id: int = operational(0)
     overlays: bool = True
-    device: str = "auto"
+    device: Device = operational("auto")
+
+    def check(self) -> None:
+        if self.num_shards < 1 or not 0 <= self.shard_id < self.num_shards:
+            raise CxradError(f"--num-shards {self.num_shards} --shard-id {self.shard_id}: "
+                             "need 0 <= shard-id < num-shards.")
 
 
 def replace_known(cfg: Any, overrides: dict[str, Any]) -> Any:
-    """Return ``cfg`` with ``overrides`` applied; unknown keys are a user error (typo guard)."""
-    from cxrad.errors import CxradError
-
+    """``cfg`` with ``overrides`` applied and validated; unknown keys are a user error (typo guard)."""
     names = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -162,5 +217,7 @@ def replace_known(cfg: Any, overrides: dict[str, Any]) -> Any:
     for k, v in overrides.items():
         default = getattr(cfg, k)
         fixed[k] = tuple(v) if isinstance(default, tuple) and isinstance(v, list) else v
-    return dataclasses.replace(cfg, **fixed)
-
+    out = dataclasses.replace(cfg, **fixed)
+    if isinstance(out, StageConfig):
+        out.validate()
+    return out

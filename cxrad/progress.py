@@ -50,6 +50,8 @@ class _Task:
             self._p.update(self._id, advance=n, info=self.info)
             return
         now = time.monotonic()
+        if self._log_every == float("inf"):
+            return
         if now - self._last >= self._log_every or self._done >= self._total:
             self._last = now
             rate = self._done / max(now - self._t0, 1e-9)
@@ -58,9 +60,11 @@ class _Task:
 
 
 @contextmanager
-def task(label: str, total: int, log_every: float = 10.0) -> Iterator[_Task]:
-    """Context manager yielding an object with ``advance(n, info="")``."""
-    if enabled():
+def task(label: str, total: int, log_every: float = 10.0, quiet: bool = False) -> Iterator[_Task]:
+    """Context manager yielding an object with ``advance(n, info="")``; ``quiet``: show nothing."""
+    if quiet:
+        yield _Task(None, None, label, total, float("inf"))
+    elif enabled():
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err_console, transient=False) as progress:

@@ -78,7 +78,7 @@ def tiny_config(folder: Path, run_name: str = "tiny", epochs: int = 2) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:
     """A finished tiny pipeline run: {"config", "workdir", "run", "prepared", "result"}."""
-    from cxrad.stages.pipeline import run_pipeline
+    from cxrad.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("tiny")
     config = tiny_config(root)

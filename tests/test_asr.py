@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from cxrad.models.asr_net import ASRNet, anomaly_probability, asr_inputs, focal_loss
+from cxrad.methods.ddad.asr_net import ASRNet, anomaly_probability, asr_inputs, focal_loss
 
 
 def test_shapes_and_probability():
@@ -47,7 +47,7 @@ def test_per_pixel_scales():
 
 
 def test_input_scales_from_normal_mean_maps():
-    from cxrad.stages.refine import input_scales
+    from cxrad.methods.ddad.refine import input_scales
 
     # channel 0: mean map with a hot border (10) and a near-zero centre; channel 1 flat
     pm = np.full((2, 4, 4), 1.0)
@@ -82,7 +82,7 @@ def test_learns_a_square():
 
 
 def test_ema_and_precise_bn():
-    from cxrad.models.weight_average import ema_update, precise_bn
+    from cxrad.methods.ddad.weight_average import ema_update, precise_bn
 
     torch.manual_seed(0)
     net, ema = ASRNet(1, hidden=4), ASRNet(1, hidden=4)
@@ -104,7 +104,7 @@ def test_ema_and_precise_bn():
 
 
 def test_level_gains_range_and_repeatable():
-    from cxrad.stages.refine import level_gains
+    from cxrad.methods.ddad.refine import level_gains
 
     g = level_gains(1000, 2, (1.0, 2.0), seed=3, epoch=4)
     assert g.shape == (1000, 2) and g.min() >= 1.0 and g.max() <= 2.0

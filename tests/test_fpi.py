@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from cxrad.fpi import apply_recipes, draw_recipes, geometry_bounds, recipe_masks
+from cxrad.methods.ddad.fpi import apply_recipes, draw_recipes, geometry_bounds, recipe_masks
 
 
 def test_geometry_scales_with_size():

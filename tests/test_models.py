@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cxrad import losses
+from cxrad.methods.ddad import losses
 from cxrad.io.store import load_split
-from cxrad.models.autoencoders import BACKBONES, build_member, count_parameters
-from cxrad.models.ensemble import BatchedEnsemble, init_members
-from cxrad.training import GroupTrainer
+from cxrad.methods.ddad.autoencoders import BACKBONES, build_member, count_parameters
+from cxrad.methods.ddad.ensemble import BatchedEnsemble, init_members
+from cxrad.methods.ddad.trainer import GroupTrainer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

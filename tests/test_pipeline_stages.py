@@ -23,7 +23,7 @@ TINY = EnsembleConfig(members=2, epochs=2, batch_size=16, checkpoint_every=1, de
 
 @pytest.fixture(scope="module")
 def trained_run(prepared_sample32, tmp_path_factory) -> Path:
-    from cxrad.stages.train_ensemble import train_ensemble
+    from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train_ensemble(prepared_sample32, run, TINY)
@@ -99,7 +99,7 @@ def _unlabelled_copy(prepared: Path, out: Path) -> Path:
 
 
 def test_errors_without_udm_and_labels(prepared_sample32, tmp_path, cli):
-    from cxrad.stages.train_ensemble import train_ensemble
+    from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     prepared = _unlabelled_copy(prepared_sample32, tmp_path / "nolabels")
     run = tmp_path / "ndm-only"

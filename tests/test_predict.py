@@ -100,7 +100,7 @@ def test_predict_shards_partition_the_inputs(tiny_run, tmp_path):
 
 def test_predict_refuses_incomplete_run(prepared_sample32, tmp_path):
     from cxrad.config import EnsembleConfig
-    from cxrad.stages.train_ensemble import train_ensemble
+    from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     run = tmp_path / "run"
     train_ensemble(prepared_sample32, run, EnsembleConfig(members=2, epochs=1, batch_size=16))

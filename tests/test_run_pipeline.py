@@ -11,7 +11,7 @@ import time
 
 from conftest import SAMPLE, tiny_config
 
-from cxrad.stages.pipeline import load_config
+from cxrad.pipeline import load_config
 
 
 def cli(*args, env=None, **kw):

@@ -29,7 +29,7 @@ def run_with_val(prepared_sample32, tmp_path_factory) -> Path:
     """Tiny ensembles on the sample plus a val split: copies of the 20 test normals and 3 abnormal
     test images. With the test normals as calibration images, the 95th percentile must leave
     exactly 19 of the 20 test normals below it."""
-    from cxrad.stages.train_ensemble import train_ensemble
+    from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     folder = tmp_path_factory.mktemp("val") / "prepared"
     folder.mkdir()
@@ -50,7 +50,7 @@ def _val_normal_scores(run: Path, name: str) -> np.ndarray:
 
 
 def test_held_out_normals_set_the_threshold(run_with_val, cli):
-    from cxrad.ensemble_maps import open_run
+    from cxrad.methods.ddad.ensembles import open_run
     from cxrad.stages.predict import _thresholds
 
     run = run_with_val
@@ -87,7 +87,7 @@ def test_held_out_normals_set_the_threshold(run_with_val, cli):
 
 
 def test_threshold_from_val_without_val_split_is_a_one_line_error(prepared_sample32, tmp_path, cli):
-    from cxrad.stages.train_ensemble import train_ensemble
+    from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     run = tmp_path / "run"
     train_ensemble(prepared_sample32, run, EnsembleConfig(module="ndm", members=2, epochs=1, batch_size=8, device="cpu"))

@@ -9,15 +9,15 @@ import shutil
 import pytest
 import torch
 
-from cxrad import losses
+from cxrad.methods.ddad import losses
 from cxrad.artifacts import write_manifest
 from cxrad.cli import main
 from cxrad.config import EnsembleConfig
 from cxrad.errors import CxradError
 from cxrad.io.store import ImageSet, write_prepared_h5
-from cxrad.models.ensemble import load_ensemble
+from cxrad.methods.ddad.ensemble import load_ensemble
 from cxrad.run_folder import member_checkpoint_path, member_weights_path, read_ensemble, read_run
-from cxrad.stages.train_ensemble import member_seed, train_ensemble
+from cxrad.methods.ddad.train_ensemble import member_seed, train_ensemble
 
 FAST = ["--epochs", "2", "--batch-size", "8", "--members", "2", "--device", "cpu"]
 
@@ -147,7 +147,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(prepared_sample32, tmp_path, m
 # weight average (EnsembleConfig.ema_decay)
 # ---------------------------------------------------------------------------------------------
 def _trainer(ema_decay):
-    from cxrad.training import GroupTrainer
+    from cxrad.methods.ddad.trainer import GroupTrainer
 
     arch = dict(size=32, latent_dim=16, memory_items=25, shrink_threshold=0.0)
     return GroupTrainer("ae", [11, 12], arch, 5e-4, (0.5, 0.999), 0.0, torch.device("cpu"), ema_decay=ema_decay)

@@ -19,10 +19,10 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
              "|---|" + "---:|" * (len(COLUMNS) + 1)]
     for name, m in scores.items():
         lines.append(f"| {name} | " + " | ".join(_cell(k, m[k]) for k, _ in COLUMNS) + f" | {m['threshold']:.4g} |")
-    p = next(iter(scores.values()))["threshold_percentile"] if scores else 95
+    source = metrics.get("threshold_source") or "the normal training images' scores"
     lines += ["", f"Split `{metrics['split']}`: {metrics['n_normal']} normal, {metrics['n_abnormal']} abnormal. "
-              f"ACC/F1/Sens/Spec at the {p:g}th percentile of the normal training images' scores "
-              "(no test labels used). *F1-max is an oracle: its threshold is chosen on the test labels."]
+              f"ACC/F1/Sens/Spec at the threshold {source} (no test labels used). "
+              "*F1-max is an oracle: its threshold is chosen on the test labels."]
     return "\n".join(lines) + "\n"
 
 
@@ -38,4 +38,3 @@ def print_metrics_table(metrics: dict[str, Any]) -> None:
     for name, m in metrics["scores"].items():
         table.add_row(name, *(_cell(k, m[k]) for k, _ in COLUMNS))
     Console().print(table)
-print_metrics = print_metrics_table

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from cxrad import methods
 from cxrad.artifacts import read_manifest
+from cxrad.io.store import summarize_prepared
+from cxrad.report.summaries import summarize_eval, summarize_maps, summarize_predictions
 
-# kind -> "module:function" taking the artifact folder and returning a JSON-able summary dict.
-SUMMARIZERS = {
-    "prepared": "cxrad.io.store:summarize_prepared",
-    "maps": "cxrad.stages.score:summarize_maps",
-    "synth": "cxrad.stages.synthesize:summarize_synth",
-    "refine": "cxrad.stages.refine:summarize_refine",
-    "eval": "cxrad.stages.evaluate:summarize_eval",
-    "predictions": "cxrad.stages.predict:summarize_predictions",
+# generic kind -> function taking the artifact folder and returning a JSON-able summary dict;
+# a method's own kinds (DDAD: synth, refine) come from the method (cxrad/methods/base.py)
+SUMMARIZERS: dict[str, Callable[[Path], dict]] = {
+    "prepared": summarize_prepared,
+    "maps": summarize_maps,
+    "eval": summarize_eval,
+    "predictions": summarize_predictions,
 }
 
 
@@ -27,10 +28,9 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         folder = folder.parent
     manifest = read_manifest(folder)
     summary: dict[str, Any] = {}
-    target = SUMMARIZERS.get(manifest["kind"])
-    if target:
-        mod, fn = target.split(":")
-        summary = getattr(importlib.import_module(mod), fn)(folder)
+    summarize = SUMMARIZERS.get(manifest["kind"]) or methods.summarizer(manifest["kind"])
+    if summarize is not None:
+        summary = summarize(folder)
     return {"path": str(folder.resolve()), "manifest": manifest, "summary": summary}
 
 

@@ -8,12 +8,10 @@ among the images that decoded (splits) -> write data.h5 atomically, then the man
 
 from __future__ import annotations
 
-import dataclasses
-import multiprocessing as mp
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -21,69 +19,26 @@ from cxrad import progress
 from cxrad.artifacts import begin_output, finish_output, write_manifest
 from cxrad.config import PrepareConfig
 from cxrad.errors import CxradError
-from cxrad.io.images import load_image
+from cxrad.io.decode import decode_all, default_workers
 from cxrad.io.preprocess import parameters
-from cxrad.io.raster import RejectedImage
-from cxrad.io.sources import Entry, list_entries, read_bytes
-from cxrad.io.store import DATA_FILE, SET_NAMES, ImageSet, write_prepared_h5
+from cxrad.io.sources import Entry, list_entries
+from cxrad.io.store import SET_NAMES, ImageSet, write_prepared_h5
+from cxrad.layout import DATA_FILE
 from cxrad.splits import SplitRequest, select
 
-_CFG: Optional[PrepareConfig] = None  # per worker process, set by the pool initializer
+@dataclass
+class PrepareRecord:
+    """What a prepared artifact records as its configuration: the options and what they read."""
+
+    source: str
+    labels: Optional[str]
+    split_file: Optional[str]
+    options: PrepareConfig
 
 
-def default_workers() -> int:
-    """CPUs this process may use (respects taskset / cgroup cpusets, unlike os.cpu_count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _init_worker(cfg: PrepareConfig) -> None:
-    global _CFG
-    _CFG = cfg
-    # One BLAS/Pillow thread per process: the processes already use every CPU.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-def _decode(task: tuple[int, Entry]) -> tuple[int, Optional[np.ndarray], Any]:
-    """Worker: (index, entry) -> (index, (size, size) float16 or None, provenance or reject reason)."""
-    i, entry = task
-    try:
-        data = read_bytes(entry.loc)
-        img, prov = load_image(data, entry.id, _CFG)
-        return i, img.astype(np.float16), prov
-    except RejectedImage as exc:
-        return i, None, str(exc)
-    except MemoryError:
-        return i, None, "image too large to decode in memory"
-    except OSError as exc:
-        return i, None, f"cannot read file ({exc.strerror or type(exc).__name__})"
-
-
-def _config_record(cfg: PrepareConfig, source: Path, labels: Optional[Path], split_file: Optional[Path]) -> dict:
-    """What decides the output: every option except the worker count (which cannot change it)."""
-    rec = dataclasses.asdict(cfg)
-    rec.pop("workers")
-    rec.update(source=str(source.resolve()), labels=str(labels.resolve()) if labels else None,
-               split_file=str(split_file.resolve()) if split_file else None)
-    return rec
-
-
-def _check_config(cfg: PrepareConfig) -> None:
-    if cfg.size < 8 or cfg.size > 4096:
-        raise CxradError(f"--size {cfg.size}: use a side between 8 and 4096 pixels.")
-    if cfg.intensity not in ("minmax", "percentile"):
-        raise CxradError(f"--intensity {cfg.intensity}: use minmax or percentile.")
-    lo, hi = cfg.percentiles
-    if not 0 <= lo < hi <= 100:
-        raise CxradError(f"--percentiles {lo} {hi}: need 0 <= low < high <= 100.")
-    if cfg.crop not in ("none", "center"):
-        raise CxradError(f"--crop {cfg.crop}: use none or center.")
-    if cfg.store_dtype not in ("float16", "uint8"):
-        raise CxradError(f"--store-dtype {cfg.store_dtype}: use float16 or uint8.")
-    if cfg.workers is not None and cfg.workers < 1:
-        raise CxradError(f"--workers {cfg.workers}: must be >= 1.")
+def _record(cfg: PrepareConfig, source: Path, labels: Optional[Path], split_file: Optional[Path]) -> PrepareRecord:
+    return PrepareRecord(str(source.resolve()), str(labels.resolve()) if labels else None,
+                         str(split_file.resolve()) if split_file else None, cfg)
 
 
 def _assign(entries: list[Entry], ok: np.ndarray, cfg: PrepareConfig, *, dry: bool = False) -> dict[str, np.ndarray]:
@@ -120,34 +75,6 @@ def _assign(entries: list[Entry], ok: np.ndarray, cfg: PrepareConfig, *, dry: bo
     return {k: np.array(sorted(v, key=lambda i: entries[i].id), dtype=np.int64) for k, v in out.items() if v}
 
 
-def _decode_all(entries: list[Entry], cfg: PrepareConfig, workers: int, label: str = "prepare: decoding"
-                ) -> tuple[list[Optional[np.ndarray]], list[Any]]:
-    images: list[Optional[np.ndarray]] = [None] * len(entries)
-    info: list[Any] = [None] * len(entries)
-    tasks = list(enumerate(entries))
-    pool = None
-    if workers > 1 and len(entries) > 1:
-        # fork: workers start in milliseconds and inherit the imports; started before any progress
-        # thread exists.
-        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg,))
-        results = pool.imap_unordered(_decode, tasks, chunksize=max(1, min(32, len(tasks) // (8 * workers))))
-    else:
-        _init_worker(cfg)
-        results = map(_decode, tasks)
-    try:
-        with progress.task(label, len(tasks)) as bar:
-            for i, img, what in results:
-                images[i], info[i] = img, what
-                if img is None:
-                    progress.log(f"rejected {entries[i].id}: {what}")
-                bar.advance(1)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    return images, info
-
-
 def prepare(source: Path, out: Path, cfg: PrepareConfig, labels: Optional[Path] = None,
             split_file: Optional[Path] = None, force: bool = False) -> Path:
     """Decode, preprocess and split SOURCE into a prepared artifact at ``out``; returns ``out``.
@@ -158,8 +85,8 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig, labels: Optional[Path] 
     source, out = Path(source), Path(out)
     labels = Path(labels) if labels is not None else None
     split_file = Path(split_file) if split_file is not None else None
-    _check_config(cfg)
-    record = _config_record(cfg, source, labels, split_file)
+    cfg.validate()
+    record = _record(cfg, source, labels, split_file)
     listing = list_entries(source, labels, split_file)
     entries = listing.entries
     # Fail on impossible split requests before spending minutes decoding.
@@ -174,7 +101,7 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig, labels: Optional[Path] 
     t_list = time.monotonic()
 
     workers = cfg.workers or default_workers()
-    images, info = _decode_all(entries, cfg, workers)
+    images, info = decode_all(entries, cfg, workers)
     t_decode = time.monotonic()
 
     rejects = list(listing.rejects) + [(e.id, info[i]) for i, e in enumerate(entries) if images[i] is None]

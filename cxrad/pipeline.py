@@ -1,12 +1,13 @@
 """`cxrad run`: the whole chain from one TOML file, skipping what is already done.
 
-prepare → train-ensemble → synthesize → refine (each input mode) → score → evaluate. A stage is
-skipped when its output folder holds a valid artifact made with the same configuration (the
-manifests decide); an interrupted stage with a checkpoint is resumed. Each stage function is the
-same one the individual commands call.
+prepare → the method's training steps (DDAD-ASR: train-ensemble → synthesize → refine per input
+mode) → score → evaluate. A step is skipped when its output folder holds a valid artifact made with
+the same configuration (the manifests decide); an interrupted step with a checkpoint is resumed.
+Each step calls the same function as its command. This module orchestrates the stages; it is not
+a stage itself, and it reaches the method only through cxrad/methods/base.py.
 
 Config file layout (every table optional except ``[data]``; keys are the fields of the stage
-config dataclasses in :mod:`cxrad.config`)::
+config dataclasses; docs/cli.md lists them)::
 
     [data]
     source = "sample_data"          # folder, .tar, or folder with the split file; relative to the TOML
@@ -14,16 +15,19 @@ config dataclasses in :mod:`cxrad.config`)::
     split_file = "data.json"        # optional: authors' split format
     name = "sample"                 # prepared folder name under <workdir>/prepared/
 
+    [method]
+    name = "ddad"                   # the method that trains the run (default: ddad)
+
     [run]
     name = "sample-ae"              # run folder name under <workdir>/runs/
-    refine_inputs = ["dual", "intra"]
+    refine_inputs = ["dual", "intra"]   # method options (DDAD-ASR: which ASR-Nets to train)
 
-    [prepare]  ...  [ensemble]  ...  [synthesize]  ...  [refine]  ...  [score]  ...  [evaluate]  ...
+    [prepare] ... [score] ... [evaluate]     generic stages
+    [ensemble] ... [synthesize] ... [refine] DDAD-ASR's stages
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -32,18 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cxrad import progress
+from cxrad import methods, progress
 from cxrad.artifacts import MANIFEST_NAME, is_valid, read_manifest, to_jsonable
-from cxrad.config import (
-    EnsembleConfig,
-    EvaluateConfig,
-    PrepareConfig,
-    RefineConfig,
-    ScoreConfig,
-    SynthConfig,
-    replace_known,
-)
+from cxrad.config import EvaluateConfig, PrepareConfig, ScoreConfig, replace_known
 from cxrad.errors import CxradError
+from cxrad.layout import RunLayout
+from cxrad.stages.evaluate import evaluate
+from cxrad.stages.prepare import prepare
+from cxrad.stages.score import score
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,7 +51,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "defaults" / "sample.toml"
-TABLES = ("data", "run", "prepare", "ensemble", "synthesize", "refine", "score", "evaluate")
+GENERIC_TABLES = ("data", "method", "run", "prepare", "score", "evaluate")
 
 
 @dataclass
@@ -63,11 +63,9 @@ class PipelineConfig:
     split_file: Path | None
     data_name: str
     run_name: str
-    refine_inputs: list[str]
+    method: str = "ddad"
+    method_tables: dict[str, Any] = field(default_factory=dict)   # the method's validated configs
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    synthesize: SynthConfig = field(default_factory=SynthConfig)
-    refine: RefineConfig = field(default_factory=RefineConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     config_path: Path | None = None
@@ -107,9 +105,13 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
         raw = tomllib.loads(cfg_path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CxradError(f"{cfg_path}: not valid TOML ({exc}); fix the file.") from None
-    unknown = sorted(set(raw) - set(TABLES))
+    method = methods.get(str(dict(raw.get("method", {})).pop("name", "ddad")))
+    tables = set(GENERIC_TABLES) | set(method.config_tables)
+    unknown = sorted(set(raw) - tables)
     if unknown:
-        raise CxradError(f"{cfg_path}: unknown table(s) [{'], ['.join(unknown)}]; known: {', '.join(TABLES)}.")
+        raise CxradError(f"{cfg_path}: unknown table(s) [{'], ['.join(unknown)}]; known: {', '.join(sorted(tables))}.")
+    if set(raw.get("method", {})) - {"name"}:
+        raise CxradError(f"{cfg_path}: [method] takes only `name`; method options go in the method's own tables.")
     data, run = dict(raw.get("data", {})), dict(raw.get("run", {}))
     if "source" not in data:
         raise CxradError(f"{cfg_path}: [data] needs `source = \"...\"` (a folder or .tar of images).")
@@ -123,22 +125,14 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
     data_name = str(data.pop("name", source.stem))
     if data:
         raise CxradError(f"{cfg_path}: unknown key(s) in [data]: {', '.join(sorted(data))}.")
-    refine_inputs = list(run.pop("refine_inputs", ["dual", "intra"]))
-    for mode in refine_inputs:
-        if mode not in ("dual", "intra"):
-            raise CxradError(f"{cfg_path}: [run] refine_inputs holds {mode!r}; use \"dual\" and/or \"intra\".")
-    ensemble = replace_known(EnsembleConfig(), raw.get("ensemble", {}))
-    run_name = str(run.pop("name", f"{data_name}-{ensemble.backbone}"))
-    if run:
-        raise CxradError(f"{cfg_path}: unknown key(s) in [run]: {', '.join(sorted(run))}.")
+    run_name = run.pop("name", None)
     try:
+        method_tables = method.validate_tables({k: raw[k] for k in method.config_tables if k in raw}, run)
         return PipelineConfig(
-            source=source, labels=labels, split_file=split_file, data_name=data_name, run_name=run_name,
-            refine_inputs=refine_inputs,
+            source=source, labels=labels, split_file=split_file, data_name=data_name,
+            run_name=str(run_name or f"{data_name}-{method.default_run_suffix(method_tables)}"),
+            method=method.name, method_tables=method_tables,
             prepare=replace_known(PrepareConfig(), raw.get("prepare", {})),
-            ensemble=ensemble,
-            synthesize=replace_known(SynthConfig(), raw.get("synthesize", {})),
-            refine=replace_known(RefineConfig(), raw.get("refine", {})),
             score=replace_known(ScoreConfig(), raw.get("score", {})),
             evaluate=replace_known(EvaluateConfig(), raw.get("evaluate", {})),
             config_path=cfg_path.resolve(),
@@ -162,16 +156,10 @@ def _status(folder: Path, kind: str, has_checkpoint: Callable[[], bool] | None =
 
 
 def plan(cfg: PipelineConfig, workdir: Path, force: bool = False) -> list[Step]:
-    """The stages in order, each with what will happen and why."""
-    from cxrad.stages.evaluate import evaluate
-    from cxrad.stages.prepare import prepare
-    from cxrad.stages.refine import refine
-    from cxrad.stages.score import score
-    from cxrad.stages.synthesize import synthesize
-    from cxrad.stages.train_ensemble import has_checkpoints, train_ensemble
-
+    """The steps in order, each with what will happen and why."""
     prepared = workdir / "prepared" / cfg.data_name
     run = workdir / "runs" / cfg.run_name
+    layout = RunLayout(run)
     steps: list[Step] = []
 
     def add(name: str, output: Path, kind: str, call: Callable[[bool], Any], ckpt: Callable[[], bool] | None = None):
@@ -183,21 +171,18 @@ def plan(cfg: PipelineConfig, workdir: Path, force: bool = False) -> list[Step]:
     add("prepare", prepared, "prepared",
         lambda _r: prepare(cfg.source, prepared, cfg.prepare, labels=cfg.labels,
                            split_file=cfg.split_file, force=force))
-    add("train-ensemble", run / "ensemble", "ensemble",
-        lambda r: train_ensemble(prepared, run, cfg.ensemble, resume=r, force=force and not r),
-        ckpt=lambda: has_checkpoints(run, cfg.ensemble))
-    add("synthesize", run / "synth", "synth", lambda _r: synthesize(run, cfg.synthesize, force=force))
-    for mode in cfg.refine_inputs:
-        rcfg = dataclasses.replace(cfg.refine, inputs=mode)
-        add(f"refine ({mode})", run / "refine" / mode, "refine",
-            lambda r, rcfg=rcfg: refine(run, rcfg, resume=r, force=force and not r),
-            ckpt=lambda mode=mode: any((run / "refine" / mode).glob("*.ckpt")))
-    add("score", run / "maps", "maps", lambda _r: score(run, cfg.score, force=force))
-    add("evaluate", run / "eval", "eval", lambda _r: evaluate(run, cfg.evaluate, force=force))
+    method = methods.get(cfg.method)
+    for step in method.pipeline_steps(prepared=prepared, run_dir=run, tables=cfg.method_tables, force=force):
+        add(step.name, step.output, step.kind, step.call, step.has_checkpoint)
+    add("score", layout.maps, "maps", lambda _r: score(run, cfg.score, force=force))
+    add("evaluate", layout.eval, "eval", lambda _r: evaluate(run, cfg.evaluate, force=force))
     return steps
 
 
-STAGES = ("prepare", "train-ensemble", "synthesize", "refine", "score", "evaluate")
+def stage_names(cfg: PipelineConfig) -> tuple[str, ...]:
+    """Names `--stage` accepts for this pipeline: prepare, the method's steps, score, evaluate."""
+    method_steps = [t.split(" ")[0] for t in methods.get(cfg.method).step_names(cfg.method_tables)]
+    return ("prepare", *dict.fromkeys(method_steps), "score", "evaluate")
 
 
 def run_pipeline(config: str | Path | None = None, workdir: str | Path | None = None, *,
@@ -210,9 +195,10 @@ def run_pipeline(config: str | Path | None = None, workdir: str | Path | None = 
     """
     cfg = load_config(config)
     workdir = Path(workdir) if workdir else default_workdir()
+    known = stage_names(cfg)
     for name in stages or []:
-        if name not in STAGES:
-            raise CxradError(f"--stage {name}: unknown stage; choose from {', '.join(STAGES)}.")
+        if name not in known:
+            raise CxradError(f"--stage {name}: unknown stage; choose from {', '.join(known)}.")
     steps = plan(cfg, workdir, force=force)
     if stages:
         steps = [s for s in steps if s.name.split(" ")[0] in stages]
@@ -222,7 +208,7 @@ def run_pipeline(config: str | Path | None = None, workdir: str | Path | None = 
         "run": str((workdir / "runs" / cfg.run_name).resolve()),
         "steps": [{"name": s.name, "action": s.action, "reason": s.reason, "output": str(s.output)} for s in steps],
         "timings_s": {}, "metrics": None,
-        "config_resolved": to_jsonable(dataclasses.asdict(cfg)),
+        "config_resolved": to_jsonable(cfg),
     }
     if dry_run:
         return result
@@ -238,7 +224,7 @@ def run_pipeline(config: str | Path | None = None, workdir: str | Path | None = 
         result["timings_s"][s.name] = round(time.perf_counter() - t0, 2)
         if s.name == "evaluate":
             result["metrics"] = out
-    metrics_file = Path(result["run"]) / "eval" / "metrics.json"
+    metrics_file = RunLayout(Path(result["run"])).metrics
     if result["metrics"] is None and metrics_file.is_file():
         result["metrics"] = json.loads(metrics_file.read_text())
     return result

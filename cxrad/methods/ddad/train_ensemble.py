@@ -4,12 +4,11 @@ The stage validates everything (config, device, prepared data, the RUN folder) b
 anything, creates or joins the run (RUN/manifest.json), trains the requested (module, member)
 jobs — members of one module that start from the same epoch train together as one batched model —
 and writes RUN/ensemble/manifest.json once every member of the run is complete, whichever
-process (SLURM array task) completes last. File layout: :mod:`cxrad.run_folder`.
+process (SLURM array task) completes last. File layout: :class:`cxrad.layout.RunLayout`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,38 +17,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrad import losses, progress
+from cxrad import progress
+from cxrad.methods.ddad import losses
 from cxrad.artifacts import (
     MANIFEST_NAME,
-    atomic_path,
     input_record,
     read_manifest,
+    save_torch_atomic,
     sha256_file,
-    to_jsonable,
     write_json_atomic,
     write_manifest,
 )
-from cxrad.config import EnsembleConfig
+from cxrad.config import identity, identity_digest, to_jsonable
 from cxrad.devices import device_name, resolve_device
 from cxrad.errors import CxradError
 from cxrad.io.store import load_split, preprocessing_of, split_names
-from cxrad.models.autoencoders import BACKBONES
-from cxrad.run_folder import (
-    MODULES,
-    ensemble_dir,
-    log_path,
-    member_checkpoint_path,
-    member_info_path,
-    member_weights_path,
-    read_json,
-    read_run,  # noqa: F401  (re-exported: later stages import it from here or from run_folder)
-)
-from cxrad.training import Diverged, GroupTrainer, Interrupted, fit
+from cxrad.layout import DDAD_MODULES as MODULES
+from cxrad.layout import RunLayout
+from cxrad.methods.ddad.config import EnsembleConfig
+from cxrad.methods.ddad.trainer import BoundTrainer, GroupTrainer
+from cxrad.training_loop import Diverged, Interrupted, fit
 
-# Keys of EnsembleConfig that change how the process runs, not what it computes.
-__all__ = ["train_ensemble", "read_run", "run_config", "member_seed"]
-
-OPERATIONAL = ("module", "device", "checkpoint_every")
+METHOD = "ddad"
 
 
 def member_seed(base: int, module: str, i: int, *, paired: bool) -> int:
@@ -64,22 +53,6 @@ def member_seed(base: int, module: str, i: int, *, paired: bool) -> int:
 
 def _modules(cfg: EnsembleConfig) -> list[str]:
     return list(MODULES) if cfg.module == "both" else [cfg.module]
-
-
-def _check_config(cfg: EnsembleConfig) -> None:
-    if cfg.module not in ("ndm", "udm", "both"):
-        raise CxradError(f"--module {cfg.module}: use ndm, udm or both.")
-    if cfg.backbone not in BACKBONES:
-        raise CxradError(f"--backbone {cfg.backbone}: use one of {', '.join(BACKBONES)}.")
-    if cfg.members < 2:
-        raise CxradError(f"--members {cfg.members}: the intra-discrepancy needs K >= 2 members; use --members 3 (reference).")
-    for name in ("epochs", "batch_size", "checkpoint_every", "latent_dim", "memory_items"):
-        if getattr(cfg, name) < 1:
-            raise CxradError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1.")
-    if not cfg.lr > 0:
-        raise CxradError(f"--lr {cfg.lr}: must be positive.")
-    if not 0 <= cfg.ema_decay < 1:
-        raise CxradError(f"--ema-decay {cfg.ema_decay}: use a value in [0, 1), e.g. 0.998; 0 keeps the last step's weights.")
 
 
 def _check_amp(cfg: EnsembleConfig, device: torch.device) -> None:
@@ -143,7 +116,7 @@ def _load_data(prepared: Path, modules: list[str], batch_size: int) -> tuple[dic
 
 def run_config(cfg: EnsembleConfig, prepared: Path, size: int) -> dict[str, Any]:
     """What RUN/manifest.json records as the run's configuration (compared on re-runs)."""
-    body = {k: v for k, v in to_jsonable(cfg).items() if k not in OPERATIONAL}
+    body = {"method": METHOD, **identity(cfg)}
     modules = _modules(cfg)
     body.update(
         modules=modules,
@@ -155,8 +128,12 @@ def run_config(cfg: EnsembleConfig, prepared: Path, size: int) -> dict[str, Any]
     return body
 
 
-def _digest(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON file, or None when missing or unreadable (a member not finished)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _differences(old: dict, new: dict) -> str:
@@ -207,16 +184,16 @@ def _check_run_folder(run: Path, config: dict, *, force: bool, resume: bool) -> 
 def has_checkpoints(run: Path, cfg: EnsembleConfig, member: int | None = None) -> bool:
     """Whether a member this process would train (all, `member`, or the SLURM array task's) has a
     checkpoint to resume: how `cxrad run` decides between a fresh start and ``resume=True``."""
-    return any(member_checkpoint_path(run, m, i).is_file() for m, i in _jobs(cfg, member))
+    return any(RunLayout(run).member_checkpoint(m, i).is_file() for m, i in _jobs(cfg, member))
 
 
 def _member_status(run: Path, module: str, i: int, digest: str) -> tuple[str, dict | None]:
     """'done' (weights + info of this config), 'ckpt' (a checkpoint to resume) or 'none'."""
-    info = read_json(member_info_path(run, module, i))
-    weights = member_weights_path(run, module, i)
+    info = read_json(RunLayout(run).member_info(module, i))
+    weights = RunLayout(run).member_weights(module, i)
     if info and info.get("config_sha256") == digest and weights.is_file() and weights.stat().st_size == info.get("weights_bytes"):
         return "done", info
-    ckpt = member_checkpoint_path(run, module, i)
+    ckpt = RunLayout(run).member_checkpoint(module, i)
     if ckpt.is_file():
         c = torch.load(ckpt, map_location="cpu", weights_only=True)
         if c.get("config_sha256") == digest:
@@ -225,14 +202,14 @@ def _member_status(run: Path, module: str, i: int, digest: str) -> tuple[str, di
 
 
 def _remove_member(run: Path, module: str, i: int) -> None:
-    for p in (member_weights_path(run, module, i), member_info_path(run, module, i),
-              member_checkpoint_path(run, module, i)):
+    for p in (RunLayout(run).member_weights(module, i), RunLayout(run).member_info(module, i),
+              RunLayout(run).member_checkpoint(module, i)):
         p.unlink(missing_ok=True)
 
 
 def _append_log(run: Path, record: dict) -> None:
     # One os.write of a whole line with O_APPEND: lines of concurrent processes never interleave.
-    fd = os.open(log_path(run), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(RunLayout(run).ensemble_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(record) + "\n").encode())
     finally:
@@ -255,14 +232,14 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
     prepared, run = Path(prepared), Path(run)
     if resume and force:
         raise CxradError("--resume and --force exclude each other: --resume continues a run, --force restarts it.")
-    _check_config(cfg)
+    cfg.validate()
     device = resolve_device(cfg.device)
     _check_amp(cfg, device)
     modules = _modules(cfg)
     jobs = _jobs(cfg, member)
     data_np, size = _load_data(prepared, modules, cfg.batch_size)
     config = run_config(cfg, prepared, size)
-    digest = _digest(to_jsonable(config))
+    digest = identity_digest(config)
     new_manifest = _check_run_folder(run, config, force=force, resume=resume)
 
     status = {job: _member_status(run, *job, digest) for job in jobs}
@@ -276,17 +253,18 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
         for (module, i), (s, c) in status.items():
             if s == "ckpt":
                 raise CxradError(
-                    f"{member_checkpoint_path(run, module, i)}: an unfinished training is there (epoch {c['epoch']}/"
+                    f"{RunLayout(run).member_checkpoint(module, i)}: an unfinished training is there (epoch {c['epoch']}/"
                     f"{cfg.epochs}); continue it with --resume or start over with --force."
                 )
 
     # ---- from here on we write ----
     if new_manifest:
-        ensemble_dir(run).mkdir(parents=True, exist_ok=True)
-        (ensemble_dir(run) / MANIFEST_NAME).unlink(missing_ok=True)
-        write_manifest(run, "run", config, inputs={"prepared": config["prepared"]}, device=device_name(device))
+        RunLayout(run).ensemble.mkdir(parents=True, exist_ok=True)
+        (RunLayout(run).ensemble / MANIFEST_NAME).unlink(missing_ok=True)
+        write_manifest(run, "run", config, inputs={"prepared": config["prepared"]}, device=device_name(device),
+                       extra={"method": METHOD})
     if force:
-        (ensemble_dir(run) / MANIFEST_NAME).unlink(missing_ok=True)
+        (RunLayout(run).ensemble / MANIFEST_NAME).unlink(missing_ok=True)
         for job in jobs:
             _remove_member(run, *job)
         status = {job: ("none", None) for job in jobs}
@@ -327,22 +305,23 @@ def _train_group(run: Path, prepared: Path, cfg: EnsembleConfig, config: dict, d
         _append_log(run, {"module": module, "members": members, "event": "resumed", "epoch": trainer.epoch})
     last_saved = {"epoch": trainer.epoch if ckpts else None}
 
-    def save(t: GroupTrainer) -> None:
+    def save(_bound) -> None:
         for k, i in enumerate(members):
-            state = t.member_checkpoint(k)
+            state = trainer.member_checkpoint(k)
             state["config_sha256"] = digest
-            with atomic_path(member_checkpoint_path(run, module, i)) as tmp:
-                torch.save(state, tmp)
-        last_saved["epoch"] = t.epoch
+            save_torch_atomic(state, RunLayout(run).member_checkpoint(module, i))
+        last_saved["epoch"] = trainer.epoch
 
     def on_epoch(epoch: int, values: list[float], seconds: float) -> None:
         for k, i in enumerate(members):
+            trainer.history[k].append(values[k])
+            trainer.wall_s[k] += seconds
             _append_log(run, {"module": module, "member": i, "epoch": epoch, "loss": values[k],
                               "epoch_s": round(seconds, 4)})
 
     resume_cmd = f"`cxrad train-ensemble {prepared} --run {run} --resume`"
     try:
-        fit(trainer, data, epochs=cfg.epochs, batch_size=cfg.batch_size, loss_fn=loss_fn,
+        fit(BoundTrainer(trainer, data, cfg.batch_size, loss_fn), epochs=cfg.epochs,
             checkpoint_every=cfg.checkpoint_every, save=save, on_epoch=on_epoch,
             label=f"{module} {cfg.backbone} members {','.join(map(str, members))}")
     except Diverged as exc:
@@ -357,17 +336,16 @@ def _train_group(run: Path, prepared: Path, cfg: EnsembleConfig, config: dict, d
 
     final = trainer.final_model(data, cfg.batch_size)
     for k, i in enumerate(members):
-        weights = member_weights_path(run, module, i)
-        with atomic_path(weights) as tmp:
-            torch.save(final.member_state_dict(k), tmp)
-        write_json_atomic(member_info_path(run, module, i), {
+        weights = RunLayout(run).member_weights(module, i)
+        save_torch_atomic(final.member_state_dict(k), weights)
+        write_json_atomic(RunLayout(run).member_info(module, i), {
             "module": module, "member": i, "seed": seeds[k], "epochs": trainer.epoch,
             "final_loss": trainer.history[k][-1], "losses": trainer.history[k],
             "wall_s": round(trainer.wall_s[k], 3), "trained_with": len(members),
             "weights": f"ema {cfg.ema_decay} + precise BN" if cfg.ema_decay > 0 else "last step",
             "device": device_name(device), "config_sha256": digest, "weights_bytes": weights.stat().st_size,
         })
-        member_checkpoint_path(run, module, i).unlink(missing_ok=True)
+        RunLayout(run).member_checkpoint(module, i).unlink(missing_ok=True)
 
 
 def _finish_if_complete(run: Path, config: dict, digest: str, device: torch.device) -> None:
@@ -380,8 +358,8 @@ def _finish_if_complete(run: Path, config: dict, digest: str, device: torch.devi
                 return
             infos.setdefault(module, []).append(
                 {k: info[k] for k in ("member", "seed", "epochs", "final_loss", "wall_s", "device")})
-    folder = ensemble_dir(run)
-    outputs = [str(member_weights_path(run, m, i).relative_to(folder))
+    folder = RunLayout(run).ensemble
+    outputs = [str(RunLayout(run).member_weights(m, i).relative_to(folder))
                for m in config["modules"] for i in range(config["members"])]
     mpath = folder / MANIFEST_NAME
     if mpath.is_file() and (read_json(mpath) or {}).get("config") == to_jsonable(config):

@@ -9,20 +9,19 @@ trained in a batch of K and the same member trained alone get bit-identical weig
 CUDA, cuDNN may pick other algorithms per shape, so expect agreement to float tolerance only.
 
 Layouts: convolutions see (B, K·C, H, W); linear layers see (K, B, F). The module names mirror
-:mod:`cxrad.models.autoencoders`, so ``member_state_dict(i)`` is a plain member's state dict (the
+:mod:`cxrad.methods.ddad.autoencoders`, so ``member_state_dict(i)`` is a plain member's state dict (the
 ``member-<i>.pt`` format) and :func:`stack_members` builds the batched model from plain members.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrad.models.autoencoders import (
+from cxrad.methods.ddad.autoencoders import (
     DEC_CHANNELS,
     ENC_CHANNELS,
     HIDDEN,
@@ -227,32 +226,3 @@ def init_members(backbone: str, seeds: Sequence[int], size: int, **arch) -> Batc
             torch.manual_seed(seed)
             plain.append(build_member(backbone, size, **arch))
     return stack_members(plain, backbone)
-
-
-def load_ensemble(run: str | Path, module: str, device: torch.device | str = "cpu") -> BatchedEnsemble:
-    """The trained ensemble of ``module`` ("ndm" or "udm") of a finished run, in eval mode.
-
-    Calling the result on x of shape (B, 1, H, W) in [-1, 1] (x = 2·image − 1) returns the
-    members' reconstructions, shape (K, B, 1, H, W), for backbones ae and memae, and a tuple
-    (mean, logvar), each (K, B, 1, H, W), for aeu. ``.backbone`` names the backbone (also in
-    ``read_run(run)["config"]["backbone"]``), ``.members`` is K, ``.size`` is H = W.
-    Weights are read with ``torch.load(weights_only=True)``. Raises CxradError when RUN is not a
-    run or its ensemble is not complete.
-    """
-    from cxrad.run_folder import read_ensemble, member_weights_path
-
-    manifest = read_ensemble(run)
-    cfg = manifest["config"]
-    if module not in cfg["modules"]:
-        from cxrad.errors import CxradError
-
-        raise CxradError(
-            f"{run}: the run has no {module} ensemble (it trained {', '.join(cfg['modules'])}); "
-            f"train it with `cxrad train-ensemble PREPARED --run {run} --module both`."
-        )
-    states = [torch.load(member_weights_path(run, module, i), map_location="cpu", weights_only=True)
-              for i in range(cfg["members"])]
-    ens = BatchedEnsemble(cfg["backbone"], cfg["members"], cfg["image_size"], cfg["latent_dim"],
-                          cfg["memory_items"], cfg["shrink_threshold"])
-    ens.load_member_states(states)
-    return ens.to(device).eval()

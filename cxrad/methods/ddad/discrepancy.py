@@ -1,7 +1,7 @@
-"""Anomaly score maps of DDAD (DESIGN §1): pure tensor functions, no I/O.
+"""Anomaly score maps of DDAD (docs/method.md, "Scores"): pure tensor functions, no I/O.
 
 Shapes: ``K`` ensemble members, ``B`` images, ``H×W`` pixels. Reconstructions come from
-:class:`cxrad.models.ensemble.BatchedEnsemble` as (K, B, 1, H, W); images ``x`` as (B, 1, H, W),
+:class:`cxrad.methods.ddad.ensemble.BatchedEnsemble` as (K, B, 1, H, W); images ``x`` as (B, 1, H, W),
 both in the network's [-1, 1] space (the maps are computed in that space, like the reference).
 Every map returned here is (B, H, W).
 """
@@ -11,9 +11,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-
-MAP_NAMES = ("A_rec", "A_intra", "A_inter")
-
 
 def ensemble_mean(recon: torch.Tensor) -> torch.Tensor:
     """(K, B, 1, H, W) -> (B, H, W): μ, the mean reconstruction over members."""
@@ -74,8 +71,3 @@ def discrepancy_maps(
         if "A_inter" in maps:
             maps["A_inter"] = maps["A_inter"] / sigma
     return maps
-
-
-def image_score(score_map: torch.Tensor) -> torch.Tensor:
-    """Image-level score: mean of the map over all pixels. (B, H, W) -> (B,)."""
-    return score_map.flatten(1).mean(dim=1)

@@ -1,19 +1,15 @@
-"""`cxrad synthesize`: FPI recipes for every ASR epoch -> RUN/synth/fpi.h5 (+ preview).
+"""`cxrad synthesize`: FPI recipes for every ASR epoch -> RUN/synth/fpi.h5 (+ preview.png).
 
-Layout of ``fpi.h5``: datasets ``source, donor, cy, cx, half, alpha, patched`` of shape
-(epochs, n) — row e is epoch e, in training order; attrs size, n, seed, pool ("normal": sources),
-space ("maps" or "image"), donor_pool ("unlabeled" or "normal"). ``preview/images`` (P, H, W)
-float16 in [0, 1] and ``preview/masks`` (P, H, W) uint8 materialise the first P samples of epoch 0
-that carry a patch, blended in image space; ``preview.png`` shows them with their masks. (With
-``space = "maps"`` the blend ASR-Net trains on happens in the discrepancy maps, computed by the
-ensembles at refine time; the preview shows what each recipe takes from its donor image.)
+A recipe says, per normal training image and ASR epoch, whether it gets a patch, where, how large,
+how strongly blended and from which donor (file layout: recipes_store.py). Drawing them once, as
+an artifact, makes `refine` deterministic and resumable, and lets the preview show what ASR-Net
+will be taught.
 
-Why map space by default: FPI patches blended into the *image* leave the maps ASR-Net reads
-(A_inter, A_intra) unchanged inside the patch — measured on ZhangLab-OCSSL-64, the patched/clean
-ratio of A_inter and A_intra inside the patch is 1.01 and 0.98 (A_rec: 1.46) — so ASR-Net can only
-learn where patches tend to lie, and learned "extreme discrepancy = normal" (R_dual AUC 38 < 50).
-Blending a patch of the maps of an unlabelled image, which the UDM has learned and the NDM has not,
-teaches it what a local discrepancy looks like without reading any label.
+Why map space by default (docs/method.md, "Synthetic anomalies"): FPI patches blended into the
+*image* leave the maps ASR-Net reads (A_inter, A_intra) unchanged inside the patch at 64 px —
+measured on ZhangLab-OCSSL-64, patched/clean ratio 1.01 and 0.98 — so ASR-Net could only learn where
+patches tend to lie. Blending a patch of the maps of an unlabelled image, which the UDM has learned
+and the NDM has not, teaches it what a local discrepancy looks like without reading any label.
 
 Epoch e is drawn from ``default_rng([seed, e])`` so the first epochs do not depend on how many
 epochs were asked for.
@@ -25,23 +21,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
 from cxrad import progress
-from cxrad.artifacts import atomic_path, begin_output, finish_output, input_record, read_manifest, write_manifest
-from cxrad.config import SynthConfig
-from cxrad.ensemble_maps import run_prepared, to_network_space
+from cxrad.artifacts import begin_output, finish_output, input_record, read_manifest, write_manifest
 from cxrad.errors import CxradError
-from cxrad.fpi import RECIPE_FIELDS, Recipes, apply_recipes, draw_recipes
 from cxrad.io.store import load_split, split_names
-
-FPI_FILE = "fpi.h5"
-
-
-SPACES = ("auto", "maps", "image")
-
+from cxrad.layout import SYNTH_PREVIEW, SYNTH_RECIPES
+from cxrad.methods.ddad.config import SynthConfig
+from cxrad.methods.ddad.ensembles import to_network_space
+from cxrad.methods.ddad.fpi import RECIPE_FIELDS, Recipes, apply_recipes, draw_recipes
+from cxrad.methods.ddad.recipes_store import write_recipes_h5
+from cxrad.runs import open_run
 
 def epoch_recipes(cfg: SynthConfig, n: int, size: int, epoch: int, donor_pool_size: int | None = None) -> Recipes:
     return draw_recipes(n, size, np.random.default_rng([cfg.seed, epoch]), cfg.patch_probability,
@@ -50,8 +42,6 @@ def epoch_recipes(cfg: SynthConfig, n: int, size: int, epoch: int, donor_pool_si
 
 def resolve_space(space: str, unlabeled_count: int, where: Path) -> str:
     """The blend space a synth config means for prepared data with ``unlabeled_count`` Du images."""
-    if space not in SPACES:
-        raise CxradError(f"space={space!r}: use one of {', '.join(SPACES)}.")
     if space == "auto":
         return "maps" if unlabeled_count > 0 else "image"
     if space == "maps" and unlabeled_count == 0:
@@ -60,33 +50,12 @@ def resolve_space(space: str, unlabeled_count: int, where: Path) -> str:
     return space
 
 
-def synth_space(synth_dir: Path) -> tuple[str, str]:
-    """(space, donor_pool) of a synth artifact; files written before map-space FPI are image/normal."""
-    with h5py.File(Path(synth_dir) / FPI_FILE, "r") as h5:
-        return str(h5.attrs.get("space", "image")), str(h5.attrs.get("donor_pool", "normal"))
-
-
-def read_recipes(synth_dir: Path, epoch: int) -> Recipes:
-    with h5py.File(Path(synth_dir) / FPI_FILE, "r") as h5:
-        if epoch >= h5["source"].shape[0]:
-            raise CxradError(
-                f"{synth_dir}: holds recipes for {h5['source'].shape[0]} epochs, epoch {epoch + 1} asked; "
-                "re-run `cxrad synthesize --epochs N --force` with N at least the refine epochs."
-            )
-        return Recipes(*(h5[f][epoch] for f in RECIPE_FIELDS))
-
-
-def synth_epochs(synth_dir: Path) -> int:
-    with h5py.File(Path(synth_dir) / FPI_FILE, "r") as h5:
-        return int(h5["source"].shape[0])
-
-
 def synthesize(run: Path, cfg: SynthConfig, force: bool = False, out: Path | None = None) -> Path:
     """Write the recipes of ``cfg.epochs`` epochs and a preview; returns the synth folder."""
-    run = Path(run)
-    manifest = read_manifest(run, "run")
-    prepared = run_prepared(run, manifest)
-    out = Path(out) if out is not None else run / "synth"
+    cfg.validate()
+    info = open_run(run)
+    run, prepared = info.root, info.prepared_checked
+    out = Path(out) if out is not None else info.layout.synth
     t0 = time.perf_counter()
     # every check before begin_output: a refused --force must leave the old artifact intact
     pool = load_split(prepared, "normal").images
@@ -108,23 +77,17 @@ def synthesize(run: Path, cfg: SynthConfig, force: bool = False, out: Path | Non
     donors = to_network_space(torch.as_tensor(unlabeled)) if donor_pool == "unlabeled" else None
     xs, masks = apply_recipes(to_network_space(torch.as_tensor(pool)), sub, donors)
     preview = ((xs + 1) / 2).clamp(0, 1).numpy()
-    with atomic_path(out / FPI_FILE) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs.update({"size": size, "n": n, "seed": cfg.seed, "pool": "normal", "epochs": cfg.epochs,
-                             "space": space, "donor_pool": donor_pool})
-            for f in RECIPE_FIELDS:
-                h5.create_dataset(f, data=np.stack([getattr(r, f) for r in epochs]), compression="gzip")
-            h5.create_dataset("preview/images", data=preview.astype(np.float16))
-            h5.create_dataset("preview/masks", data=masks.numpy().astype(np.uint8))
-            h5.create_dataset("preview/index", data=pick)
+    write_recipes_h5(out / SYNTH_RECIPES, epochs, preview, masks.numpy(), pick,
+                     {"size": size, "n": n, "seed": cfg.seed, "pool": "normal", "epochs": cfg.epochs,
+                      "space": space, "donor_pool": donor_pool})
     from cxrad.report.plots import contact_sheet
 
-    contact_sheet(out / "preview.png", preview, masks.numpy(), alphas=sub.alpha)
+    contact_sheet(out / SYNTH_PREVIEW, preview, masks.numpy(), alphas=sub.alpha)
     patched = float(np.mean([r.patched.mean() for r in epochs]))
     write_manifest(
         out, "synth", cfg,
         inputs={"run": input_record(run), "prepared": input_record(prepared)},
-        outputs=[FPI_FILE, "preview.png"], timings={"total": time.perf_counter() - t0},
+        outputs=[SYNTH_RECIPES, SYNTH_PREVIEW], timings={"total": time.perf_counter() - t0},
         extra={"pool_size": n, "image_size": size, "patched_fraction": patched, "space": space,
                "donor_pool": donor_pool, "donor_pool_size": len(unlabeled) if donor_pool == "unlabeled" else n},
     )

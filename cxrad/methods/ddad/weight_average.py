@@ -1,6 +1,6 @@
 """Averaged weights: the EMA update with its warm-up, and BatchNorm statistics for the average.
 
-Shared by the reconstruction ensembles (`cxrad.training`) and ASR-Net (`cxrad.stages.refine`).
+Shared by the reconstruction ensembles (`cxrad.methods.ddad.trainer`) and ASR-Net (`cxrad.methods.ddad.refine`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The training loop of a batched ensemble: epochs, checkpoints, resume, signals, NaN guard.
+"""Training a batched ensemble: one optimizer step for K members at once, checkpoints per member.
 
 One :class:`GroupTrainer` trains K members of one module together (one batched model, one
 optimizer, one shuffling generator per member). Its state splits into one checkpoint per member
@@ -11,42 +11,21 @@ nothing else draws random numbers. A checkpoint holds weights, BN statistics, Ad
 step, and the generator state at an epoch boundary, so a resumed run repeats the uninterrupted
 one bit for bit on the same device and thread count.
 
-No file paths here: the stage decides where checkpoints go (``save`` callback).
+The epoch loop itself (signals, NaN guard, checkpoint cadence) is :func:`cxrad.training_loop.fit`;
+no file paths here: the stage decides where checkpoints go.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import math
-import signal
-import threading
-import time
 from typing import Callable, Iterator, Sequence
 
 import torch
 
-from cxrad import progress
-from cxrad.models.ensemble import BatchedEnsemble, init_members
-from cxrad.models.weight_average import ema_decay_at, ema_update, precise_bn
+from cxrad.methods.ddad.ensemble import BatchedEnsemble, init_members
+from cxrad.methods.ddad.weight_average import ema_decay_at, ema_update, precise_bn
 
 CHECKPOINT_FORMAT = 1
-
-
-class Diverged(RuntimeError):
-    """A member's epoch loss is NaN or infinite; nothing after the last checkpoint was saved."""
-
-    def __init__(self, epoch: int, member: int, value: float):
-        super().__init__(f"loss of member {member} is {value} at epoch {epoch}")
-        self.epoch, self.member, self.value = epoch, member, value
-
-
-class Interrupted(RuntimeError):
-    """SIGTERM/SIGUSR1 arrived; a checkpoint of the finished epoch was saved before raising."""
-
-    def __init__(self, signum: int, epoch: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}")
-        self.signum, self.epoch = signum, epoch
 
 
 def full_batches(data: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -139,7 +118,7 @@ class GroupTrainer:
         """The weights to keep, in eval mode: the trained model, or with ``ema_decay`` the averaged
         weights with BatchNorm statistics recomputed over ``data`` (N, s, s) in [-1, 1]: one pass
         of full batches in a fixed order, the same for every member, so a member's result does not
-        depend on how members were grouped (:func:`~cxrad.models.weight_average.precise_bn`).
+        depend on how members were grouped (:func:`~cxrad.methods.ddad.weight_average.precise_bn`).
         """
         if self.ema is None:
             return self.model.eval()
@@ -204,56 +183,16 @@ class GroupTrainer:
         self.wall_s = [float(c["wall_s"]) for c in checkpoints]
 
 
-@contextlib.contextmanager
-def stop_requests(signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1)) -> Iterator[dict]:
-    """While active, SIGTERM/SIGUSR1 (SLURM's walltime warnings) only set ``flag["signum"]``;
-    the loop checkpoints at the end of the epoch and stops. Handlers are restored on exit."""
-    flag: dict = {"signum": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag  # signal handlers can only be installed from the main thread
-        return
+class BoundTrainer:
+    """A GroupTrainer with its data, batch size and loss bound: what :func:`cxrad.training_loop.fit`
+    drives (an ``epoch`` counter and a ``run_epoch()`` without arguments)."""
 
-    def handler(signum, _frame):
-        flag["signum"] = signum
+    def __init__(self, trainer: GroupTrainer, data: torch.Tensor, batch_size: int, loss_fn: Callable):
+        self.trainer, self.data, self.batch_size, self.loss_fn = trainer, data, batch_size, loss_fn
 
-    old = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    @property
+    def epoch(self) -> int:
+        return self.trainer.epoch
 
-
-def fit(trainer: GroupTrainer, data: torch.Tensor, *, epochs: int, batch_size: int, loss_fn: Callable,
-        checkpoint_every: int, save: Callable[[GroupTrainer], None],
-        on_epoch: Callable[[int, list[float], float], None], label: str) -> None:
-    """Train until ``trainer.epoch == epochs``.
-
-    Calls ``on_epoch(epoch, losses, seconds)`` after every epoch and ``save(trainer)`` every
-    ``checkpoint_every`` epochs and on a stop signal (then raises :class:`Interrupted`). A
-    non-finite loss raises :class:`Diverged` before anything of that epoch is saved.
-    """
-    with stop_requests() as stop, progress.task(label, epochs) as bar:
-        if trainer.epoch:
-            bar.advance(trainer.epoch, info=f"resumed at epoch {trainer.epoch}")
-        start_epoch, t_start = trainer.epoch, time.monotonic()
-        while trainer.epoch < epochs:
-            t0 = time.monotonic()
-            losses = trainer.run_epoch(data, batch_size, loss_fn)
-            dt = time.monotonic() - t0
-            for i, value in enumerate(losses):
-                if not math.isfinite(value):
-                    raise Diverged(trainer.epoch, i, value)
-            for i, value in enumerate(losses):
-                trainer.history[i].append(value)
-                trainer.wall_s[i] += dt
-            on_epoch(trainer.epoch, losses, dt)
-            if trainer.epoch % checkpoint_every == 0 or stop["signum"] is not None:
-                if trainer.epoch < epochs or stop["signum"] is not None:
-                    save(trainer)
-            if stop["signum"] is not None:
-                raise Interrupted(stop["signum"], trainer.epoch)
-            per_epoch = (time.monotonic() - t_start) / (trainer.epoch - start_epoch)
-            eta = per_epoch * (epochs - trainer.epoch)
-            bar.advance(1, info=f"epoch {trainer.epoch}/{epochs} loss "
-                                + " ".join(f"{v:.4f}" for v in losses) + f" ETA {eta:.0f}s")
+    def run_epoch(self) -> list[float]:
+        return self.trainer.run_epoch(self.data, self.batch_size, self.loss_fn)

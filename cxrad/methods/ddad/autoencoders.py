@@ -2,7 +2,7 @@
 
 These plain modules define the architecture, the initialisation and the on-disk weight format
 (``member-<i>.pt`` holds one of their state dicts). Training and scoring run the K members of a
-module together through :mod:`cxrad.models.ensemble`, whose layers mirror the module names here so
+module together through :mod:`cxrad.methods.ddad.ensemble`, whose layers mirror the module names here so
 state dicts stack and unstack key by key.
 
 Shapes (s = image side, a multiple of 16; images scaled to [-1, 1]):

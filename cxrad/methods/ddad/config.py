@@ -1,0 +1,124 @@
+"""DDAD-ASR's stage configs: ensemble training, FPI synthesis, ASR-Net refinement.
+
+Defaults are the reference hyper-parameters except the four departures listed in
+docs/method.md ("Where cxrad departs from the paper"), each with the setting that restores the
+reference. Operational fields (device, checkpoint cadence, which module this process trains)
+never change an artifact's identity (:mod:`cxrad.config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from cxrad.config import Device, StageConfig, at_least, in_range, operational
+from cxrad.errors import CxradError
+
+Backbone = Literal["ae", "memae", "aeu"]
+RefineInputs = Literal["dual", "intra"]
+
+
+@dataclass
+class EnsembleConfig(StageConfig):
+    """`cxrad train-ensemble`: K reconstruction networks per module (docs/method.md, "Ensembles")."""
+
+    module: Literal["ndm", "udm", "both"] = operational("both")  # which module(s) this process trains
+    members: int = 3                    # K; intra-discrepancy needs K >= 2
+    backbone: Backbone = "ae"
+    epochs: int = 250
+    batch_size: int = 64
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    latent_dim: int = 16
+    memory_items: int = 25              # MemAE
+    shrink_threshold: float = 0.0       # MemAE hard shrinkage; 0 disables (reference)
+    entropy_weight: float = 0.0002      # MemAE attention-entropy loss weight
+    seed: int = 0
+    paired_init: bool = True            # UDM member i starts from NDM member i's weights and shuffle seed:
+                                        # A_inter = |mean_NDM - mean_UDM| then measures what Du taught the
+                                        # UDM, not two independent inits (+1.6 to +2.7 AUC on ZhangLab);
+                                        # False = the reference's independent members
+    ema_decay: float = 0.998            # keep an exponential moving average of each member's weights and
+                                        # save it (BN statistics recomputed over the training set); warm-up
+                                        # min(decay, (1+t)/(10+t)) over steps t. 0 = the reference: last
+                                        # step's weights
+    checkpoint_every: int = operational(10)  # epochs between checkpoints
+    device: Device = operational("auto")
+    amp: bool = False                   # bf16 autocast of the forward pass; CUDA only (changes results)
+
+    def check(self) -> None:
+        if self.members < 2:
+            raise CxradError(f"--members {self.members}: the intra-discrepancy needs K >= 2 members; "
+                             "use --members 3 (reference).")
+        at_least(self, 1, "epochs", "batch_size", "checkpoint_every", "latent_dim", "memory_items")
+        in_range(self, "lr", 0.0, float("inf"), lo_open=True)
+        in_range(self, "ema_decay", 0.0, 1.0, hi_open=True)
+        at_least(self, 0, "weight_decay", "shrink_threshold", "entropy_weight")
+
+
+@dataclass
+class SynthConfig(StageConfig):
+    """`cxrad synthesize`: FPI pseudo-anomaly recipes (docs/method.md, "Synthetic anomalies")."""
+
+    epochs: int = 100                   # one recipe set per ASR training epoch
+    seed: int = 0
+    patch_probability: float = 0.5
+    centre_range: tuple[float, float] = (0.1, 0.9)      # fraction of the side, [lo, hi)
+    half_width_range: tuple[float, float] = (0.05, 0.2)  # fraction of the side, [lo, hi)
+    preview_count: int = 32
+    # Where the patch is blended:
+    #   "maps"  — into the discrepancy maps of a Dn image, donor maps from an unlabelled (Du) image;
+    #   "image" — the reference: into the image, donor another Dn image (ASR-Net then sees the maps
+    #             of the blended image, which at 64 px barely change inside the patch);
+    #   "auto"  — "maps" when the prepared data hold unlabelled images, else "image".
+    space: Literal["auto", "maps", "image"] = "auto"
+
+    def check(self) -> None:
+        at_least(self, 1, "epochs")
+        at_least(self, 0, "preview_count")
+        in_range(self, "patch_probability", 0.0, 1.0)
+        for name in ("centre_range", "half_width_range"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo < hi <= 1:
+                raise CxradError(f"{name} {lo} {hi}: need 0 <= low < high <= 1 (fractions of the side).")
+
+
+@dataclass
+class RefineConfig(StageConfig):
+    """`cxrad refine`: ASR-Net training on maps of synthetic anomalies (docs/method.md, "ASR-Net")."""
+
+    inputs: RefineInputs = "dual"       # "dual" ([A_inter, A_intra]) or "intra"
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 1e-4
+    focal_gamma: float = 2.0
+    hidden_channels: int = 128
+    seed: int = 0
+    checkpoint_every: int = operational(10)
+    device: Device = operational("auto")
+    # Departures from the reference that make the final model stable (docs/method.md):
+    normalize: Literal["normal-pixel-mean", "normal-mean", "none"] = "normal-pixel-mean"
+    # divide each map channel by the normal training images' mean map, pixel by pixel (floored at
+    # 10% of the channel mean); "normal-mean": by one scalar per channel; "none" = reference: raw
+    # maps, ~1e-2 scale
+    ema_decay: float = 0.999            # keep an exponential moving average of the weights (0 = off);
+                                        # warm-up min(decay, (1+t)/(10+t)) so short runs are not stuck at init
+    clip_quantile: float = 0.0          # >0: clip each input channel at this quantile of its values on
+                                        # the normal training images' maps (recorded); 0 = off
+    level_jitter: tuple[float, float] = (1.0, 1.0)  # per-sample, per-channel gain on the input maps,
+                                        # log-uniform in [lo, hi]; (1, 1) = off
+    precise_bn: bool = True             # recompute BatchNorm statistics of the kept weights over one
+                                        # full synthetic epoch (the running stats of batch-8 training are
+                                        # those of the last ~10 batches)
+
+    def check(self) -> None:
+        at_least(self, 1, "epochs", "batch_size", "hidden_channels", "checkpoint_every")
+        in_range(self, "lr", 0.0, float("inf"), lo_open=True)
+        in_range(self, "ema_decay", 0.0, 1.0, hi_open=True)
+        in_range(self, "clip_quantile", 0.0, 1.0)
+        lo, hi = self.level_jitter
+        if not 0 < lo <= hi:
+            raise CxradError(f"level_jitter {lo} {hi}: need 0 < low <= high.")

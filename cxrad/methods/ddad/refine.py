@@ -1,0 +1,243 @@
+"""`cxrad refine`: train ASR-Net on maps of FPI pseudo-anomalies -> RUN/refine/<dual|intra>/.
+
+Every batch: apply the stored recipes (maps or images of the normal pool) on the device, build the
+input maps, one focal-loss step. No per-sample Python, no test data, no selection: the kept model
+is the final one (its EMA weights, with BatchNorm statistics recomputed over one synthetic epoch;
+docs/method.md, "ASR-Net", says why). The epoch loop is the one every cxrad training uses
+(cxrad/training_loop.py): SIGTERM/SIGUSR1 checkpoint the finished epoch and stop, ``--resume``
+continues bit for bit, a non-finite loss stops before anything of that epoch is saved.
+
+Folder: ``asr.pt`` (the kept model + what applying it needs: inputs, channel scales),
+``checkpoint.ckpt`` (resume state, atomic), ``log.json`` (per-epoch loss), ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrad import progress
+from cxrad.artifacts import (begin_output, finish_output, input_record, read_manifest, save_torch_atomic,
+                             write_json_atomic, write_manifest)
+from cxrad.config import identity_digest
+from cxrad.devices import device_name, resolve_device
+from cxrad.errors import CxradError
+from cxrad.io.store import load_split
+from cxrad.layout import ASR_CHECKPOINT, ASR_LOG, ASR_MODEL, MANIFEST, PARTIAL_MARKER
+from cxrad.methods.ddad.asr_net import INPUT_CHANNELS, ASRNet, focal_loss
+from cxrad.methods.ddad.config import RefineConfig
+from cxrad.methods.ddad.ensembles import open_ensembles, to_network_space
+from cxrad.methods.ddad.recipes_store import read_recipes, synth_epochs, synth_space
+from cxrad.methods.ddad.refinement import (channel_stats, input_scales, level_gains, stacked_maps,
+                                           synthetic_batches)
+from cxrad.methods.ddad.weight_average import ema_decay_at, ema_update, precise_bn
+from cxrad.runs import open_run
+from cxrad.training_loop import Diverged, Interrupted, fit
+
+
+class ASRTrainer:
+    """ASR-Net, its optimiser and weight average, one epoch of stored recipes at a time.
+
+    ``batches(epoch, recipes, batch_size)`` yields (input (B, C, H, W), mask (B, H, W)); it holds
+    the frozen ensembles, the normal pool and the input scaling.
+    """
+
+    def __init__(self, cfg: RefineConfig, synth: Path, batches: Callable, device: torch.device):
+        self.cfg, self.synth, self.batches = cfg, synth, batches
+        torch.manual_seed(cfg.seed)
+        self.net = ASRNet(len(INPUT_CHANNELS[cfg.inputs]), cfg.hidden_channels).to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                    weight_decay=cfg.weight_decay)
+        self.ema = copy.deepcopy(self.net) if cfg.ema_decay > 0 else None
+        self.epoch, self.step = 0, 0
+        self.log: list[dict[str, Any]] = []
+
+    def run_epoch(self) -> list[float]:
+        cfg, te = self.cfg, time.perf_counter()
+        recipes = read_recipes(self.synth, self.epoch)
+        self.net.train()
+        losses = []
+        for x, mask in self.batches(self.epoch, recipes, cfg.batch_size):
+            loss = focal_loss(self.net(x), mask, cfg.focal_gamma)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            if self.ema is not None:
+                ema_update(self.ema, self.net, ema_decay_at(cfg.ema_decay, self.step))
+            losses.append(loss.item())
+        self.epoch += 1
+        mean = float(np.mean(losses))
+        self.log.append({"epoch": self.epoch, "loss": mean, "seconds": time.perf_counter() - te})
+        return [mean]
+
+    def kept_model(self) -> nn.Module:
+        """The model to keep after the epochs done so far, in eval mode (EMA + precise BN)."""
+        model = copy.deepcopy(self.ema if self.ema is not None else self.net)
+        if self.cfg.precise_bn:  # over the last epoch's inputs, as training saw them
+            last = self.epoch - 1
+            precise_bn(model, (x for x, _ in self.batches(last, read_recipes(self.synth, last),
+                                                          max(self.cfg.batch_size, 32))))
+        return model.eval()
+
+    def checkpoint(self, digest: str, scales, clip) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else {}, "rng": torch.get_rng_state(),
+                "epoch": self.epoch, "step": self.step, "log": json.dumps(self.log), "scales": scales,
+                "clip": clip, "config_sha256": digest}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        self.epoch, self.step, self.log = int(state["epoch"]), int(state["step"]), json.loads(state["log"])
+
+
+def _begin(out: Path, cfg: RefineConfig, *, resume: bool, force: bool) -> bool:
+    """Prepare the output folder; False when a finished artifact of this config is already there."""
+    ckpt = out / ASR_CHECKPOINT
+    if resume:
+        if not ckpt.is_file():
+            raise CxradError(f"{out}: nothing to resume (no {ASR_CHECKPOINT}); run without --resume.")
+        # the old manifest must not describe the files this run rewrites
+        (out / MANIFEST).unlink(missing_ok=True)
+        (out / PARTIAL_MARKER).touch()
+        return True
+    if not begin_output(out, "refine", cfg, force=force):
+        return False
+    ckpt.unlink(missing_ok=True)  # a fresh start must not mix with an old checkpoint
+    return True
+
+
+def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = False, *,
+           synth: Path | None = None, out: Path | None = None,
+           on_epoch: Optional[Callable[[int, dict[str, Any]], None]] = None) -> Path:
+    """Train ASR-Net; returns the refine folder.
+
+    ``synth``/``out`` default to RUN/synth and RUN/refine/<inputs>. ``on_epoch(epoch, asr)`` is for
+    analysis (benchmarks): it receives an eval-mode copy of the model as the scorer would use it
+    (EMA + precise BN) and must not influence training — nothing is selected from it.
+    """
+    cfg.validate()
+    if resume and force:
+        raise CxradError("--resume and --force exclude each other: --resume continues, --force restarts.")
+    info = open_run(run)
+    device = resolve_device(cfg.device)
+    ens = open_ensembles(info, device, need_udm=cfg.inputs == "dual", command="cxrad refine")
+    if cfg.inputs == "intra":
+        ens.udm = None  # intra inputs never need the UDM; skip its forward pass
+    synth = Path(synth) if synth is not None else info.layout.synth
+    read_manifest(synth, "synth")
+    if synth_epochs(synth) < cfg.epochs:
+        raise CxradError(
+            f"{synth}: holds FPI recipes for {synth_epochs(synth)} epochs, refine asks for {cfg.epochs}; "
+            f"run `cxrad synthesize --epochs {cfg.epochs} --force` first."
+        )
+    out = Path(out) if out is not None else info.layout.refine(cfg.inputs)
+    digest = identity_digest(cfg)
+    state = None
+    if resume and (out / ASR_CHECKPOINT).is_file():
+        state = torch.load(out / ASR_CHECKPOINT, map_location=device, weights_only=True)
+        if state.get("config_sha256") != digest:
+            raise CxradError(f"{out / ASR_CHECKPOINT}: was written with another configuration; resume with the "
+                             "same options or use --force.")
+    if not _begin(out, cfg, resume=resume, force=force):
+        progress.log(f"cxrad refine: {out} is up to date.")
+        return out
+
+    t0 = time.perf_counter()
+    prepared = info.prepared_checked
+    pool = to_network_space(torch.as_tensor(load_split(prepared, "normal").images).to(device))
+    space, donor_pool = synth_space(synth)
+    map_pools = None
+    if space == "maps":  # the ensembles are frozen: each image's maps are computed once, not per epoch
+        donors = to_network_space(torch.as_tensor(load_split(prepared, donor_pool).images).to(device))
+        map_pools = (stacked_maps(ens, pool, cfg.inputs), stacked_maps(ens, donors, cfg.inputs))
+        del donors
+    pixel_means, clip = channel_stats(ens, pool, cfg.inputs, cfg.clip_quantile)
+    scales = input_scales(pixel_means, cfg.normalize)
+    if state is not None:  # the recorded statistics, so a resumed run scales exactly like the first
+        scales = state["scales"] if scales is not None else None
+        clip = state.get("clip", clip)
+
+    def batches(epoch: int, recipes, batch_size: int):
+        gains = None
+        if tuple(cfg.level_jitter) != (1.0, 1.0):
+            gains = level_gains(len(recipes), len(INPUT_CHANNELS[cfg.inputs]), cfg.level_jitter, cfg.seed, epoch)
+        return synthetic_batches(ens, pool, recipes, batch_size, cfg.inputs, scales, gains, clip, map_pools)
+
+    trainer = ASRTrainer(cfg, synth, batches, device)
+    if state is not None:
+        trainer.restore(state)
+        progress.log(f"cxrad refine: resuming {out} after epoch {trainer.epoch}")
+    _train(trainer, cfg, out, info.root, digest, scales, clip, on_epoch)
+
+    final = trainer.kept_model()
+    save_torch_atomic({"state_dict": final.cpu().state_dict(), "inputs": cfg.inputs, "hidden": cfg.hidden_channels,
+                       "scales": scales, "clip": clip, "normalize": cfg.normalize, "epochs": cfg.epochs},
+                      out / ASR_MODEL)
+    log = trainer.log
+    write_json_atomic(out / ASR_LOG, log)
+    write_manifest(
+        out, "refine", cfg,
+        inputs={"run": input_record(info.root), "ensemble": input_record(info.layout.ensemble),
+                "synth": input_record(synth)},
+        outputs=[ASR_MODEL, ASR_LOG, ASR_CHECKPOINT],
+        timings={"total": time.perf_counter() - t0, "per_epoch": float(np.mean([r["seconds"] for r in log]))},
+        device=device_name(device),
+        extra={"scales": _scale_summary(scales), "clip": clip, "synthesis": {"space": space, "donor_pool": donor_pool},
+               "channels": list(INPUT_CHANNELS[cfg.inputs]), "final_loss": log[-1]["loss"],
+               "kept": "final epoch" + (", EMA weights" if trainer.ema is not None else "") +
+                       (", precise BN" if cfg.precise_bn else "")},
+    )
+    finish_output(out)
+    progress.log(f"cxrad refine: {cfg.inputs}: {cfg.epochs} epochs, final loss {log[-1]['loss']:.4f} -> {out}")
+    return out
+
+
+def _train(trainer: ASRTrainer, cfg: RefineConfig, out: Path, run: Path, digest: str, scales, clip,
+           on_epoch: Optional[Callable[[int, dict[str, Any]], None]]) -> None:
+    """Epochs up to ``cfg.epochs`` through the shared loop; a checkpoint at the end so that
+    ``--resume`` of a finished run can rebuild the kept model."""
+    def save(_trainer) -> None:
+        save_torch_atomic(trainer.checkpoint(digest, scales, clip), out / ASR_CHECKPOINT)
+
+    def after_epoch(epoch: int, losses: list[float], _seconds: float) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch, {"net": trainer.kept_model(), "inputs": cfg.inputs, "scales": scales, "clip": clip})
+
+    resume_cmd = f"`cxrad refine {run} --inputs {cfg.inputs} --resume`"
+    try:
+        fit(trainer, epochs=cfg.epochs, checkpoint_every=cfg.checkpoint_every, save=save,
+            on_epoch=after_epoch, label=f"refine {cfg.inputs}")
+    except Diverged as exc:
+        raise CxradError(f"{out}: ASR-Net {exc}; lower --lr or check the maps (`cxrad inspect {run}/maps`); the last "
+                         f"checkpoint is intact, continue with {resume_cmd}.", exit_code=3) from None
+    except Interrupted as exc:
+        raise CxradError(f"{out}: refine {exc}; checkpoint saved; continue with {resume_cmd}.",
+                         exit_code=128 + exc.signum) from None
+    save(trainer)
+
+
+def _scale_summary(scales) -> list[float] | None:
+    """Per-channel scale for the manifest: the list itself, or each channel's mean of a per-pixel map."""
+    if scales is None:
+        return None
+    arr = np.asarray(scales, dtype=np.float64)
+    return [float(v) for v in (arr if arr.ndim == 1 else arr.reshape(len(arr), -1).mean(1))]
+
+
+def summarize_refine(folder: Path) -> dict[str, Any]:
+    m = read_manifest(folder, "refine")
+    log = json.loads((Path(folder) / ASR_LOG).read_text())
+    return {"inputs": m["config"]["inputs"], "epochs": len(log), "final_loss": m.get("final_loss"),
+            "scales": m.get("scales"), "kept": m.get("kept")}

@@ -1,0 +1,28 @@
+"""`cxrad inspect` summaries of the generic artifacts (maps, eval, predictions): files only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cxrad.artifacts import read_manifest
+from cxrad.io.maps_store import score_means
+
+
+def summarize_maps(folder: Path) -> dict[str, Any]:
+    """Per split: count and mean image score of each map."""
+    m = read_manifest(folder, "maps")
+    return {split: score_means(Path(folder) / f"{split}.h5") for split in m.get("splits", [])}
+
+
+def summarize_eval(folder: Path) -> dict[str, Any]:
+    read_manifest(folder, "eval")
+    m = json.loads((Path(folder) / "metrics.json").read_text())
+    return {k: {"auc": round(100 * v["auc"], 2), "ap": round(100 * v["ap"], 2)} for k, v in m["scores"].items()}
+
+
+def summarize_predictions(folder: Path) -> dict[str, Any]:
+    s = read_manifest(folder, "predictions")["summary"]
+    return {"predicted": s["predicted"], "rejected": len(s["rejects"]), "decision_score": s["decision_score"],
+            "threshold": s["threshold"], "threshold_source": s.get("threshold_source", "")}

@@ -1,0 +1,74 @@
+"""A run, opened once: its manifest, method and prepared input, handed to every later step.
+
+Stages call :func:`open_run` once and pass the :class:`RunInfo` down instead of re-reading
+``RUN/manifest.json`` wherever a detail is needed. Paths come from :class:`cxrad.layout.RunLayout`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from cxrad.artifacts import check_input_unchanged, read_manifest
+from cxrad.errors import CxradError
+from cxrad.layout import RunLayout
+
+DEFAULT_METHOD = "ddad"   # runs written before the method was recorded were DDAD-ASR runs
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What later stages need to know about a run, read from RUN/manifest.json once.
+
+    ``config``: the run's configuration as recorded (method-specific keys); ``preprocessing``: the
+    prepared data's preprocessing parameters, so `predict` can read new files exactly as
+    `prepare` read the training data without the prepared folder.
+    """
+
+    layout: RunLayout
+    manifest: dict[str, Any]
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.get("config", {})
+
+    @property
+    def method(self) -> str:
+        return str(self.manifest.get("method") or self.config.get("method") or DEFAULT_METHOD)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return self.config["preprocessing"]
+
+    @property
+    def prepared_record(self) -> dict[str, Any]:
+        rec = (self.manifest.get("inputs") or {}).get("prepared")
+        if not isinstance(rec, dict) or not rec.get("path"):
+            raise CxradError(f"{self.root}: the run manifest names no prepared input; re-create the run.")
+        return rec
+
+    @property
+    def prepared(self) -> Path:
+        """Path of the prepared data the run was trained on (not checked)."""
+        return Path(self.prepared_record["path"])
+
+    @cached_property
+    def prepared_checked(self) -> Path:
+        """The prepared data, refused when it changed since the run was trained on it."""
+        check_input_unchanged(self.prepared_record)
+        return self.prepared
+
+
+def open_run(path: str | Path) -> RunInfo:
+    """Check that ``path`` is a run (``RUN/manifest.json`` of kind "run") and read it once."""
+    layout = RunLayout(Path(path))
+    if not layout.manifest.is_file():
+        raise CxradError(f"{layout.root}: not a cxrad run (no run manifest); create it with "
+                         f"`cxrad train-ensemble PREPARED --run {layout.root}`.")
+    return RunInfo(layout, read_manifest(layout.root, "run"))
