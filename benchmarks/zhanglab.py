@@ -1,4 +1,4 @@
-"""ZhangLab-OCSSL-64 benchmark (../shared/benchmarks/zhanglab-ocssl.md).
+"""ZhangLab-OCSSL-64 benchmark (benchmarks/splits/zhanglab-ocssl.md; data from $CXRAD_DATA).
 
 Runs prepare → train-ensemble → synthesize → refine (dual, intra) → score → evaluate through the
 stage API for one backbone / epoch budget / seed, and appends one JSON line per run (metrics,
@@ -27,9 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-RESULTS = REPO / "benchmarks" / "results"
+from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
+
 VARIANTS = {"short": (30, 5), "full": (250, 100)}
 REFINE_VARIANTS = {
     "cxrad": {},
@@ -76,8 +75,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--workdir", type=Path, default=REPO / "cxrad-work" / "bench")
-    ap.add_argument("--source", type=Path, default=SHARED / "data" / "kermany-pneumonia-224" / "kermany_pneumonia_224.tar")
-    ap.add_argument("--labels", type=Path, default=SHARED / "benchmarks" / "zhanglab-ocssl.csv")
+    ap.add_argument("--data", type=Path, help="data root [default: $CXRAD_DATA]")
+    ap.add_argument("--source", type=Path, help="the Kermany 224-px tar [default: DATA/" + str(KERMANY_224) + "]")
+    ap.add_argument("--labels", type=Path, default=SPLITS / "zhanglab-ocssl.csv")
     ap.add_argument("--refine-inputs", default="dual,intra",
                     help="which ASR-Nets to train: dual,intra (default) or dual alone (saves a third of the "
                          "CPU time when only R_dual is studied; R_intra is then absent from the record)")
@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-pipeline", action="store_true", help="only the study, on an existing run")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    args.source = args.source or data_file(KERMANY_224, args.data)
     args.refine_inputs = [m for m in args.refine_inputs.split(",") if m]
     if not args.refine_inputs or set(args.refine_inputs) - {"dual", "intra"}:
         ap.error("--refine-inputs: a comma-separated list of dual and intra")
@@ -95,8 +96,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cxrad.config import EnsembleConfig, EvaluateConfig, PrepareConfig, RefineConfig, ScoreConfig, SynthConfig
+    from cxrad.config import EvaluateConfig, PrepareConfig, ScoreConfig
     from cxrad.devices import device_name, resolve_device
+    from cxrad.methods.ddad.config import EnsembleConfig, RefineConfig, SynthConfig
 
     epochs, asr_epochs = VARIANTS[args.variant]
     epochs = args.epochs or epochs
@@ -136,13 +138,15 @@ def _epoch_logger(test_maps, labels, store: list):
 
 
 def _test_maps(run: Path, device):
-    from cxrad.methods.ddad.ensembles import maps_of_images, open_run
     from cxrad.io.store import load_split
+    from cxrad.methods.ddad.ensembles import maps_of_images, open_ensembles
+    from cxrad.runs import open_run
 
-    ens = open_run(run, device)
-    test = load_split(ens.prepared, "test")
-    m = maps_of_images(ens, test.images)
-    return {k: v for k, v in m.items() if not k.startswith("score/")}, test.labels
+    info = open_run(run)
+    ens = open_ensembles(info, device)
+    test = load_split(info.prepared, "test")
+    maps, _scores = maps_of_images(ens, test.images)
+    return maps, test.labels
 
 
 def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: str, asr_epochs: int) -> dict:
@@ -202,9 +206,9 @@ def _ensemble_epoch_times(run: Path) -> dict:
 
 
 def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_epochs: int, dev_name: str) -> None:
-    from cxrad.config import SynthConfig
-    from cxrad.metrics import auc
     from cxrad.devices import resolve_device
+    from cxrad.methods.ddad.config import SynthConfig
+    from cxrad.metrics import auc
     from cxrad.methods.ddad.refine import refine
     from cxrad.methods.ddad.synthesize import synthesize
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import hashlib
+import io
 import json
 import os
 import platform
@@ -282,7 +282,8 @@ def begin_output(folder: str | os.PathLike, kind: str, config: Any, *, force: bo
         names = {p.name for p in folder.iterdir()}
         if not (names <= {PARTIAL_MARKER} or (folder / PARTIAL_MARKER).exists()):
             raise CxradError(
-                f"{folder}: exists and holds files that are not a cxrad artifact; choose an empty or new folder, or use --force."
+                f"{folder}: exists and holds files that are not a cxrad artifact; choose an empty or new folder, or "
+                "use --force."
             )
     folder.mkdir(parents=True, exist_ok=True)
     # Marks a folder as ours while it is being written, so a killed run can be redone without --force.

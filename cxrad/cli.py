@@ -96,20 +96,26 @@ def prepare(
                                   "(folder layout [top/]{train,test}/{NORMAL,<class>}/ unless --labels/--split-file)."),
     out: Path = typer.Option(..., "--out", help="Output folder for data.h5 + manifest.json."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV path,label[,split][,patient_id]; "
-                                          "paths relative to SOURCE; label 0/1/empty; split normal|unlabeled|test|val|train."),
+                                          "paths relative to SOURCE; label 0/1/empty; split "
+                                          "normal|unlabeled|test|val|train."),
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="Authors' benchmark data.json."),
     size: int = typer.Option(PREPARE.size, "--size", help="Output side in pixels."),
     intensity: str = typer.Option(PREPARE.intensity, "--intensity", help="minmax | percentile"),
-    percentiles: tuple[float, float] = typer.Option(PREPARE.percentiles, "--percentiles", help="Low/high for percentile."),
+    percentiles: tuple[float, float] = typer.Option(PREPARE.percentiles, "--percentiles", help="Low/high for "
+                                                                                               "percentile."),
     crop: str = typer.Option(PREPARE.crop, "--crop", help="none | center (square centre crop before resizing)."),
     no_voi_lut: bool = typer.Option(False, "--no-voi-lut", help="Ignore DICOM VOI LUT / window."),
-    allow_modality: List[str] = typer.Option([], "--allow-modality", help="Accept this DICOM modality too (repeatable)."),
+    allow_modality: List[str] = typer.Option([], "--allow-modality", help="Accept this DICOM modality too "
+                                                                          "(repeatable)."),
     store_dtype: str = typer.Option(PREPARE.store_dtype, "--store-dtype", help="float16 | uint8"),
-    workers: Optional[int] = typer.Option(PREPARE.workers, "--workers", help="Decoding processes [default: usable CPUs]."),
+    workers: Optional[int] = typer.Option(PREPARE.workers, "--workers", help="Decoding processes [default: usable "
+                                                                             "CPUs]."),
     normal_count: Optional[int] = typer.Option(PREPARE.normal_count, "--normal-count", help="Dn size."),
     unlabeled_count: Optional[int] = typer.Option(PREPARE.unlabeled_count, "--unlabeled-count", help="Du size."),
-    anomaly_rate: Optional[float] = typer.Option(PREPARE.anomaly_rate, "--anomaly-rate", help="Share of abnormal images in Du."),
-    test_fraction: float = typer.Option(PREPARE.test_fraction, "--test-fraction", help="Hold-out when SOURCE has no test set."),
+    anomaly_rate: Optional[float] = typer.Option(PREPARE.anomaly_rate, "--anomaly-rate", help="Share of abnormal "
+                                                                                              "images in Du."),
+    test_fraction: float = typer.Option(PREPARE.test_fraction, "--test-fraction", help="Hold-out when SOURCE has no "
+                                                                                       "test set."),
     val_normals: int = typer.Option(PREPARE.val_normals, "--val-normals",
                                     help="Hold this many normal images out of training; the decision threshold "
                                          "comes from their scores."),
@@ -140,10 +146,13 @@ def train_ensemble(
     lr: float = typer.Option(ENSEMBLE.lr, "--lr"),
     seed: int = typer.Option(ENSEMBLE.seed, "--seed"),
     paired_init: bool = typer.Option(ENSEMBLE.paired_init, "--paired-init/--independent-init",
-                                     help="UDM member i starts like NDM member i (default) or independently (reference)."),
+                                     help="UDM member i starts like NDM member i (default) or independently "
+                                          "(reference)."),
     ema_decay: float = typer.Option(ENSEMBLE.ema_decay, "--ema-decay",
-                                    help="Save an exponential moving average of the weights (0 = last step, reference)."),
-    checkpoint_every: int = typer.Option(ENSEMBLE.checkpoint_every, "--checkpoint-every", help="Epochs between checkpoints."),
+                                    help="Save an exponential moving average of the weights (0 = last step, "
+                                         "reference)."),
+    checkpoint_every: int = typer.Option(ENSEMBLE.checkpoint_every, "--checkpoint-every", help="Epochs between "
+                                                                                               "checkpoints."),
     member: Optional[int] = typer.Option(None, "--member", help="Train only member i (one process per member; "
                                          "default under SLURM: from SLURM_ARRAY_TASK_ID)."),
     device: str = typer.Option(ENSEMBLE.device, "--device", help="auto | cpu | cuda | cuda:N"),
@@ -164,7 +173,8 @@ def train_ensemble(
 @app.command()
 def score(
     run: Path = typer.Argument(..., help="A run folder with trained ensembles (`cxrad train-ensemble`)."),
-    split: str = typer.Option(SCORE.split, "--split", help="test | val | normal | unlabeled | all (normal is always added)."),
+    split: str = typer.Option(SCORE.split, "--split", help="test | val | normal | unlabeled | all (normal is always "
+                                                           "added)."),
     batch_size: int = typer.Option(SCORE.batch_size, "--batch-size"),
     device: str = typer.Option(SCORE.device, "--device", help="auto | cpu | cuda | cuda:N"),
     force: bool = typer.Option(False, "--force", help="Replace existing maps."),
@@ -200,8 +210,11 @@ def refine(
     batch_size: int = typer.Option(REFINE.batch_size, "--batch-size"),
     lr: float = typer.Option(REFINE.lr, "--lr"),
     seed: int = typer.Option(REFINE.seed, "--seed"),
-    normalize: str = typer.Option(REFINE.normalize, "--normalize", help="normal-pixel-mean (default: divide by the normal images' mean map), normal-mean (one scalar per channel) or none (reference: raw maps)."),
-    ema_decay: float = typer.Option(REFINE.ema_decay, "--ema-decay", help="EMA of the weights; 0 keeps the raw final weights."),
+    normalize: str = typer.Option(REFINE.normalize, "--normalize", help="normal-pixel-mean (default: divide by the "
+                                                                        "normal images' mean map), normal-mean (one "
+                                                                        "scalar per channel) or none (reference: raw maps)."),
+    ema_decay: float = typer.Option(REFINE.ema_decay, "--ema-decay", help="EMA of the weights; 0 keeps the raw "
+                                                                          "final weights."),
     precise_bn: bool = typer.Option(REFINE.precise_bn, "--precise-bn/--no-precise-bn",
                                     help="Recompute BatchNorm statistics of the kept model over one synthetic epoch."),
     device: str = typer.Option(REFINE.device, "--device", help="auto | cpu | cuda | cuda:N"),
@@ -223,14 +236,14 @@ def evaluate(
     percentile: float = typer.Option(EVALUATE.threshold_percentile, "--threshold-percentile",
                                      help="Threshold = this percentile of the calibration normals' scores."),
     threshold_from: str = typer.Option(EVALUATE.threshold_from, "--threshold-from",
-                                       help="auto (held-out val normals when >= 20, else training normals) | val | normal"),
+                                       help="auto (held-out val normals when >= 20, else training normals) | val | "
+                                            "normal"),
     device: str = typer.Option(EVALUATE.device, "--device"),
     force: bool = typer.Option(False, "--force"),
 ) -> None:
     """AUC/AP/F1 and thresholded metrics of every score, plots and overlays -> RUN/eval/."""
-    from cxrad.stages.evaluate import evaluate as run_eval
-
     from cxrad.report.tables import print_metrics_table
+    from cxrad.stages.evaluate import evaluate as run_eval
 
     metrics = run_eval(run, EvaluateConfig(split=split, threshold_percentile=percentile, threshold_from=threshold_from,
                                            device=device), force=force)
@@ -282,11 +295,14 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Output folder for predictions.csv, rejects.csv, overlays/."),
     num_shards: int = typer.Option(PREDICT.num_shards, "--num-shards", help="Split the inputs into N shards ..."),
     shard_id: int = typer.Option(PREDICT.shard_id, "--shard-id", help="... and score shard k (0-based)."),
-    overlays: bool = typer.Option(PREDICT.overlays, "--overlays/--no-overlays", help="Write one heat-map PNG per image."),
+    overlays: bool = typer.Option(PREDICT.overlays, "--overlays/--no-overlays", help="Write one heat-map PNG per "
+                                                                                     "image."),
     device: str = typer.Option(PREDICT.device, "--device", help="auto | cpu | cuda | cuda:N"),
     calibrate_on: Optional[List[Path]] = typer.Option(
-        None, "--calibrate-on", help=f"Folder (or file) of known-normal studies from this archive: the threshold becomes the "
-        f"{EVALUATE.threshold_percentile:g}th percentile of their scores. Repeatable; at least {MIN_HELD_OUT_NORMALS} images."),
+        None, "--calibrate-on", help="Folder (or file) of known-normal studies from this archive: the threshold "
+                                     "becomes the "
+        f"{EVALUATE.threshold_percentile:g}th percentile of their scores. Repeatable; at least "
+        f"{MIN_HELD_OUT_NORMALS} images."),
     force: bool = typer.Option(False, "--force", help="Replace existing predictions at --out."),
 ) -> None:
     """Score new studies; exit code 1 when some inputs were rejected (they are listed in rejects.csv)."""

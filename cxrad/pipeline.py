@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -95,6 +96,16 @@ def _resolve_sample_root(config_dir: Path) -> Path:
     )
 
 
+def _expand(cfg_path: Path, key: str, value: str) -> str:
+    """``${VAR}``/``$VAR`` in a [data] path (e.g. ``${CXRAD_DATA}``, where benchmark data lives)."""
+    expanded = os.path.expandvars(value)
+    if "$" in expanded:
+        missing = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+        raise CxradError(f"{cfg_path}: [data] {key} uses ${{{missing[0] if missing else '?'}}}, which is not set; "
+                         "export it (e.g. CXRAD_DATA=/path/to/data) or write the path out.")
+    return expanded
+
+
 def load_config(path: str | Path | None = None) -> PipelineConfig:
     """Read a pipeline TOML (or the embedded sample default when ``path`` is None)."""
     embedded = path is None
@@ -119,7 +130,7 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
 
     def _path(key: str) -> Path | None:
         value = data.pop(key, None)
-        return None if value is None else (base / value).resolve()
+        return None if value is None else (base / _expand(cfg_path, key, str(value))).resolve()
 
     source, labels, split_file = _path("source"), _path("labels"), _path("split_file")
     data_name = str(data.pop("name", source.stem))

@@ -136,6 +136,80 @@ def _max_unlabeled(p0: int, p1: int, r: float) -> int:
     return u
 
 
+def _hold_out_test(groups: list[np.ndarray], labels: np.ndarray, fraction: float
+                   ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The first shuffled groups, all labelled, until ``fraction`` of the labelled images: (test, rest)."""
+    want = int(np.ceil(fraction * int((labels >= 0).sum())))
+    test, rest = [], []
+    got = 0
+    for g in groups:
+        if got < want and (labels[g] >= 0).all():
+            test.append(g)
+            got += len(g)
+        else:
+            rest.append(g)
+    return _cat(test), rest
+
+
+def _hold_out_val(groups: list[np.ndarray], labels: np.ndarray, count: int, grouped: bool, pool_name: str
+                  ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``count`` normal images (whole all-normal patients) held out as the val split: (val, rest)."""
+    val, groups, rem = _take(groups, labels, {0: count}, {0})
+    if rem[0]:
+        n0 = int(sum(int((labels[g] == 0).sum()) for g in val + groups))
+        raise CxradError(
+            f"{pool_name}: --val-normals {count} asks for more normal images than "
+            + (f"the {n0} left after the test hold-out" if not grouped else
+               f"whole all-normal patients can give exactly (largest found: {count - rem[0]})")
+            + "; lower --val-normals.")
+    return _cat(val), groups
+
+
+def _split_with_rate(groups, labels, n, u, r, p0, p1, desc):
+    """Dn/Du with an anomaly rate for Du: (dn, du, missing, n, u)."""
+    if u is None:
+        if n is None:
+            raise CxradError(f"{desc}: with --anomaly-rate give --normal-count or --unlabeled-count too.")
+        u = _max_unlabeled(p0 - n, p1, r)
+    u1 = n_abnormal(u, r)
+    u0 = u - u1
+    if n is None:
+        n = p0 - u0
+    if n < 0 or u1 > p1 or n + u0 > p0:
+        raise CxradError(
+            f"{desc}; --normal-count {n} --unlabeled-count {u} --anomaly-rate {r} needs {n + u0} normal "
+            f"and {u1} abnormal; largest feasible: {largest_feasible(p0, p1, SplitRequest(n, u, r))}."
+        )
+    # Du first for its abnormal images, then Dn, then Du's normals: the order does not matter for
+    # ungrouped pools; for grouped pools all-normal patients are shared fairly between Dn and Du.
+    dn, groups, rem_n = _take(groups, labels, {0: n}, {0})
+    du, groups, rem_u = _take(groups, labels, {0: u0, 1: u1}, {0, 1})
+    return dn, du, {"normal": rem_n[0], "unlabeled": rem_u.get(0, 0) + rem_u.get(1, 0)}, n, u
+
+
+def _split_counts(groups, labels, n, u, p0, desc):
+    """Dn/Du from counts alone (Du a uniform draw): (dn, du, missing, n, u)."""
+    if n is None:
+        if u is None:
+            raise CxradError(f"{desc}: give --normal-count or --unlabeled-count (or --anomaly-rate).")
+        # Du is a uniform draw; Dn takes every normal left afterwards.
+        du, groups, rem_u = _take(groups, labels, {-9: u}, {0, 1, -1}, any_label=-9)
+        dn, groups, rem_n = _take(groups, labels, {0: p0}, {0})
+        return dn, du, {"normal": 0, "unlabeled": rem_u[-9]}, n, u
+    if n > p0:
+        raise CxradError(f"{desc}; --normal-count {n} is more than the {p0} normal images; "
+                         f"largest feasible: --normal-count {p0}.")
+    dn, groups, rem_n = _take(groups, labels, {0: n}, {0})
+    rest = int(sum(len(g) for g in groups))
+    if u is None:
+        u = rest
+    if u > rest:
+        raise CxradError(f"{desc}; after Dn ({n}) only {rest} images are left for "
+                         f"--unlabeled-count {u}; largest feasible: --unlabeled-count {rest}.")
+    du, groups, rem_u = _take(groups, labels, {-9: u}, {0, 1, -1}, any_label=-9)
+    return dn, du, {"normal": rem_n[0], "unlabeled": rem_u[-9]}, n, u
+
+
 def select(labels: np.ndarray, req: SplitRequest, patient_ids: Optional[Sequence[str]] = None,
            *, need_test: bool = False, pool_name: str = "the training pool") -> dict[str, np.ndarray]:
     """Split a pool into ``normal`` / ``unlabeled`` (and ``test`` when ``need_test``, ``val`` when
@@ -150,31 +224,10 @@ def select(labels: np.ndarray, req: SplitRequest, patient_ids: Optional[Sequence
     groups = _shuffled(_groups(len(labels), patient_ids), rng)
     grouped = len(groups) < len(labels)
     out: dict[str, np.ndarray] = {}
-
     if need_test:
-        n_lab = int((labels >= 0).sum())
-        want = int(np.ceil(req.test_fraction * n_lab))
-        test, rest = [], []
-        got = 0
-        for g in groups:
-            if got < want and (labels[g] >= 0).all():
-                test.append(g)
-                got += len(g)
-            else:
-                rest.append(g)
-        out["test"] = _cat(test)
-        groups = rest
-
+        out["test"], groups = _hold_out_test(groups, labels, req.test_fraction)
     if req.val_normals:
-        val, groups, rem = _take(groups, labels, {0: req.val_normals}, {0})
-        if rem[0]:
-            n0 = int(sum(int((labels[g] == 0).sum()) for g in val + groups))
-            raise CxradError(
-                f"{pool_name}: --val-normals {req.val_normals} asks for more normal images than "
-                + (f"the {n0} left after the test hold-out" if not grouped else
-                   f"whole all-normal patients can give exactly (largest found: {req.val_normals - rem[0]})")
-                + "; lower --val-normals.")
-        out["val"] = _cat(val)
+        out["val"], groups = _hold_out_val(groups, labels, req.val_normals, grouped, pool_name)
 
     pool = _cat(groups)
     p0 = int((labels[pool] == 0).sum())
@@ -195,45 +248,9 @@ def select(labels: np.ndarray, req: SplitRequest, patient_ids: Optional[Sequence
         return out
 
     if r is not None:
-        if u is None:
-            if n is None:
-                raise CxradError(f"{desc}: with --anomaly-rate give --normal-count or --unlabeled-count too.")
-            u = _max_unlabeled(p0 - n, p1, r)
-        u1 = n_abnormal(u, r)
-        u0 = u - u1
-        if n is None:
-            n = p0 - u0
-        if n < 0 or u1 > p1 or n + u0 > p0:
-            raise CxradError(
-                f"{desc}; --normal-count {n} --unlabeled-count {u} --anomaly-rate {r} needs {n + u0} normal "
-                f"and {u1} abnormal; largest feasible: {largest_feasible(p0, p1, SplitRequest(n, u, r))}."
-            )
-        # Du first for its abnormal images, then Dn, then Du's normals: the order does not matter for
-        # ungrouped pools; for grouped pools all-normal patients are shared fairly between Dn and Du.
-        dn, groups, rem_n = _take(groups, labels, {0: n}, {0})
-        du, groups, rem_u = _take(groups, labels, {0: u0, 1: u1}, {0, 1})
-        missing = {"normal": rem_n[0], "unlabeled": rem_u.get(0, 0) + rem_u.get(1, 0)}
+        dn, du, missing, n, u = _split_with_rate(groups, labels, n, u, r, p0, p1, desc)
     else:
-        if n is None:
-            if u is None:
-                raise CxradError(f"{desc}: give --normal-count or --unlabeled-count (or --anomaly-rate).")
-            # Du is a uniform draw; Dn takes every normal left afterwards.
-            du, groups, rem_u = _take(groups, labels, {-9: u}, {0, 1, -1}, any_label=-9)
-            dn, groups, rem_n = _take(groups, labels, {0: p0}, {0})
-            missing = {"normal": 0, "unlabeled": rem_u[-9]}
-        else:
-            if n > p0:
-                raise CxradError(f"{desc}; --normal-count {n} is more than the {p0} normal images; "
-                                 f"largest feasible: --normal-count {p0}.")
-            dn, groups, rem_n = _take(groups, labels, {0: n}, {0})
-            rest = int(sum(len(g) for g in groups))
-            if u is None:
-                u = rest
-            if u > rest:
-                raise CxradError(f"{desc}; after Dn ({n}) only {rest} images are left for "
-                                 f"--unlabeled-count {u}; largest feasible: --unlabeled-count {rest}.")
-            du, groups, rem_u = _take(groups, labels, {-9: u}, {0, 1, -1}, any_label=-9)
-            missing = {"normal": rem_n[0], "unlabeled": rem_u[-9]}
+        dn, du, missing, n, u = _split_counts(groups, labels, n, u, p0, desc)
     if any(missing.values()):
         # only reachable with patient groups: indivisible patients left a gap
         got_n = n - missing["normal"]

@@ -53,7 +53,7 @@ def threshold_split(prepared: Path, choice: str = "auto", evaluated: str | None 
 
 def normal_rows(split: str, labels: np.ndarray) -> np.ndarray:
     """Boolean mask of the rows of ``split`` that calibrate: every Dn image, the label-0 val images."""
-    import numpy as np   # numpy and h5py are imported where used: the CLI reads this module at start-up
+    import numpy as np  # numpy and h5py are imported where used: the CLI reads this module at start-up
 
     labels = np.asarray(labels)
     return np.ones(len(labels), bool) if split == "normal" else labels == 0

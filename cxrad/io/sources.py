@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
+from cxrad.artifacts import sha256_file
 from cxrad.errors import CxradError
 
-SPLITS_FINAL = ("normal", "unlabeled", "test", "val")
 SPLIT_ALIASES = {"normal": "normal", "unlabeled": "unlabeled", "unlabelled": "unlabeled", "test": "test",
                  "val": "val", "train": "", "": ""}
 LAYOUT_SPLITS = {"train": "", "test": "test", "val": "val"}
@@ -91,14 +91,6 @@ def _safe_rel(name: str) -> Optional[str]:
 
 def _hidden(rel: str) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in rel.split("/"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +163,7 @@ class SourceIndex:
     def record(self) -> dict:
         """Manifest record: a tar by its sha256, a folder by a digest of its listing."""
         if self.is_tar:
-            return {"path": str(self.source.resolve()), "kind": "tar", "sha256": _sha256(self.source)}
+            return {"path": str(self.source.resolve()), "kind": "tar", "sha256": sha256_file(self.source)}
         return {"path": str(self.source.resolve()), "kind": "folder"}
 
 
@@ -230,7 +222,8 @@ def from_layout(index: SourceIndex) -> Listing:
     return Listing(entries, rejects, layout=f"folder layout under '{root or '.'}'")
 
 
-def _lookup(index: SourceIndex, raw: str, what: str, rejects: list, fallbacks: tuple[str, ...] = ()) -> Optional[tuple[str, Locator]]:
+def _lookup(index: SourceIndex, raw: str, what: str, rejects: list,
+            fallbacks: tuple[str, ...] = ()) -> Optional[tuple[str, Locator]]:
     rel = _safe_rel(raw.strip())
     if rel is None:
         rejects.append((raw, f"{what} path is absolute or leaves SOURCE; skipped"))
@@ -243,7 +236,8 @@ def _lookup(index: SourceIndex, raw: str, what: str, rejects: list, fallbacks: t
     return None
 
 
-def from_csv(index: SourceIndex, labels: Path) -> Listing:
+def _read_csv_rows(labels: Path) -> list[dict[str, str]]:
+    """The rows of a labels CSV (header checked), or a one-line error naming the fix."""
     if not labels.is_file():
         raise CxradError(f"{labels}: no such labels file; give a CSV with columns path,label[,split][,patient_id].")
     try:
@@ -253,15 +247,40 @@ def from_csv(index: SourceIndex, labels: Path) -> Listing:
             reader.fieldnames = cols
             missing = [c for c in ("path", "label") if c not in cols]
             if missing:
-                raise CxradError(f"{labels}: missing column(s) {', '.join(missing)} (header has: {', '.join(cols) or 'nothing'}); "
-                                 "the header must be path,label[,split][,patient_id].")
+                raise CxradError(f"{labels}: missing column(s) {', '.join(missing)} (header has: "
+                                 f"{', '.join(cols) or 'nothing'}); the header must be "
+                                 "path,label[,split][,patient_id].")
             rows = list(reader)
     except UnicodeDecodeError:
-        raise CxradError(f"{labels}: not a UTF-8 text CSV; save it as UTF-8 CSV with columns path,label[,split].") from None
+        raise CxradError(f"{labels}: not a UTF-8 text CSV; save it as UTF-8 CSV with columns "
+                         "path,label[,split].") from None
     except csv.Error as exc:
         raise CxradError(f"{labels}: malformed CSV ({exc}); fix the file.") from None
     if not rows:
         raise CxradError(f"{labels}: has a header but no rows; list one image per row.")
+    return rows
+
+
+def _csv_label_split(labels: Path, line: int, raw: str, row: dict[str, str]) -> tuple[int, str]:
+    """(label, set) of one CSV row: label 0/1/-1 (unknown), set a final set name or '' (the pool)."""
+    lab = (row.get("label") or "").strip()
+    if lab not in ("0", "1", "", "-1"):
+        raise CxradError(f"{labels}: line {line}: label {lab!r} for {raw}; labels must be 0 (normal), "
+                         "1 (abnormal) or empty (unknown).")
+    split_raw = (row.get("split") or "").strip().lower()
+    if split_raw not in SPLIT_ALIASES:
+        raise CxradError(f"{labels}: line {line}: split {split_raw!r}; use normal, unlabeled, test, val, "
+                         "train or leave it empty.")
+    split = SPLIT_ALIASES[split_raw]
+    label = int(lab) if lab else -1
+    if split == "normal" and label == 1:
+        raise CxradError(f"{labels}: line {line}: {raw} is in split 'normal' (Dn) with label 1; "
+                         "Dn holds normal images only.")
+    return (0 if split == "normal" else label), split
+
+
+def from_csv(index: SourceIndex, labels: Path) -> Listing:
+    rows = _read_csv_rows(labels)
     seen: dict[str, int] = {}
     entries, rejects = [], []
     for line, row in enumerate(rows, start=2):
@@ -273,21 +292,7 @@ def from_csv(index: SourceIndex, labels: Path) -> Listing:
             raise CxradError(f"{labels}: line {line}: duplicate path {raw} (first on line {seen[key]}); "
                              "list each image once.")
         seen[key] = line
-        lab = (row.get("label") or "").strip()
-        if lab not in ("0", "1", "", "-1"):
-            raise CxradError(f"{labels}: line {line}: label {lab!r} for {raw}; labels must be 0 (normal), "
-                             "1 (abnormal) or empty (unknown).")
-        split_raw = (row.get("split") or "").strip().lower()
-        if split_raw not in SPLIT_ALIASES:
-            raise CxradError(f"{labels}: line {line}: split {split_raw!r}; use normal, unlabeled, test, val, "
-                             "train or leave it empty.")
-        split = SPLIT_ALIASES[split_raw]
-        label = int(lab) if lab not in ("",) else -1
-        if split == "normal" and label == 1:
-            raise CxradError(f"{labels}: line {line}: {raw} is in split 'normal' (Dn) with label 1; "
-                             "Dn holds normal images only.")
-        if split == "normal":
-            label = 0
+        label, split = _csv_label_split(labels, line, raw, row)
         found = _lookup(index, raw, labels.name, rejects)
         if found is not None:
             entries.append(Entry(found[0], found[1], label, split, (row.get("patient_id") or "").strip()))
@@ -315,7 +320,8 @@ def from_split_file(index: SourceIndex, split_file: Path) -> Listing:
             raise TypeError("lists of file names expected")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise CxradError(f"{split_file}: not a benchmark split file ({type(exc).__name__}: {exc}); expected "
-                         '{"train": {"0": [...], "unlabeled": {"0": [...], "1": [...]}}, "test": {"0": [...], "1": [...]}}.') from None
+                         '{"train": {"0": [...], "unlabeled": {"0": [...], "1": [...]}}, '
+                         '"test": {"0": [...], "1": [...]}}.') from None
     seen: set[str] = set()
     entries, rejects = [], []
     for split, label, names in groups:
@@ -338,10 +344,11 @@ def list_entries(source: Path, labels: Optional[Path] = None, split_file: Option
     index = SourceIndex(Path(source))
     if labels is not None:
         listing = from_csv(index, Path(labels))
-        listing.inputs["labels"] = {"path": str(Path(labels).resolve()), "sha256": _sha256(Path(labels))}
+        listing.inputs["labels"] = {"path": str(Path(labels).resolve()), "sha256": sha256_file(Path(labels))}
     elif split_file is not None:
         listing = from_split_file(index, Path(split_file))
-        listing.inputs["split_file"] = {"path": str(Path(split_file).resolve()), "sha256": _sha256(Path(split_file))}
+        listing.inputs["split_file"] = {"path": str(Path(split_file).resolve()),
+                                        "sha256": sha256_file(Path(split_file))}
     else:
         listing = from_layout(index)
     listing.rejects = index.rejects + listing.rejects

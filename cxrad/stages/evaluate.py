@@ -17,15 +17,23 @@ from typing import Any
 import numpy as np
 
 from cxrad import progress
-from cxrad.artifacts import (begin_output, finish_output, input_record, is_valid, write_bytes_atomic,
-                             write_csv_atomic, write_json_atomic, write_manifest)
+from cxrad.artifacts import (
+    begin_output,
+    finish_output,
+    input_record,
+    is_valid,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+    write_manifest,
+)
 from cxrad.config import EvaluateConfig
 from cxrad.devices import device_name, resolve_device
 from cxrad.errors import CxradError
 from cxrad.io.maps_store import ScoredSplit, read_labels
 from cxrad.io.store import load_labels, load_split
-from cxrad.metrics import score_metrics
 from cxrad.methods.base import Method
+from cxrad.metrics import score_metrics
 from cxrad.report import plots
 from cxrad.report.tables import metrics_markdown
 from cxrad.runs import RunInfo, open_run
@@ -45,7 +53,8 @@ def _check_labels(run: RunInfo, records: dict, split: str) -> None:
     if np.any(labels < 0) or len(np.unique(labels)) < 2:
         raise CxradError(
             f"{run.root}: split '{split}' has no labels for some images or only one class; evaluate needs normal and "
-            "abnormal labels — prepare the data with a labels CSV (label column 0/1) or pick a labelled split with --split."
+            "abnormal labels — prepare the data with a labels CSV (label column 0/1) or pick a labelled split with "
+            "--split."
         )
 
 

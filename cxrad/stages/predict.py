@@ -24,8 +24,17 @@ from typing import Any
 import numpy as np
 
 from cxrad import progress
-from cxrad.artifacts import (atomic_path, begin_output, finish_output, input_record, is_valid, read_manifest,
-                             sha256_file, write_csv_atomic, write_manifest)
+from cxrad.artifacts import (
+    atomic_path,
+    begin_output,
+    finish_output,
+    input_record,
+    is_valid,
+    read_manifest,
+    sha256_file,
+    write_csv_atomic,
+    write_manifest,
+)
 from cxrad.config import EvaluateConfig, PredictConfig
 from cxrad.devices import device_name, resolve_device
 from cxrad.errors import CxradError

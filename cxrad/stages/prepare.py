@@ -26,6 +26,7 @@ from cxrad.io.store import SET_NAMES, ImageSet, write_prepared_h5
 from cxrad.layout import DATA_FILE
 from cxrad.splits import SplitRequest, select
 
+
 @dataclass
 class PrepareRecord:
     """What a prepared artifact records as its configuration: the options and what they read."""
@@ -75,6 +76,32 @@ def _assign(entries: list[Entry], ok: np.ndarray, cfg: PrepareConfig, *, dry: bo
     return {k: np.array(sorted(v, key=lambda i: entries[i].id), dtype=np.int64) for k, v in out.items() if v}
 
 
+def _image_sets(entries: list[Entry], images: list, info: list, chosen: dict[str, np.ndarray]) -> dict[str, ImageSet]:
+    """The decoded images of each chosen set with labels, ids and provenance. ``images`` entries are
+    released (set to None) as they are stacked, so peak memory is one copy of the output."""
+    sets = {}
+    for name in SET_NAMES:
+        idx = chosen.get(name)
+        if idx is None:
+            continue
+        prov_rows = [info[i] for i in idx]
+        prov = {key: np.array([p[key] for p in prov_rows]) for key in
+                ("modality", "photometric", "transfer_syntax", "bits_stored")}
+        prov["bits_stored"] = prov["bits_stored"].astype(np.int16)
+        prov["original_shape"] = np.array([p["original_shape"] for p in prov_rows], dtype=np.int32).reshape(-1, 2)
+        if any(entries[i].patient_id for i in idx):
+            prov["patient_id"] = np.array([entries[i].patient_id for i in idx])
+        ids = [entries[i].id for i in idx]
+        sets[name] = ImageSet(
+            images=np.stack([images[i] for i in idx]),
+            labels=np.array([entries[i].label for i in idx], dtype=np.int8),
+            ids=ids, source_paths=ids, provenance=prov,
+        )
+        for i in idx:
+            images[i] = None
+    return sets
+
+
 def prepare(source: Path, out: Path, cfg: PrepareConfig, labels: Optional[Path] = None,
             split_file: Optional[Path] = None, force: bool = False) -> Path:
     """Decode, preprocess and split SOURCE into a prepared artifact at ``out``; returns ``out``.
@@ -107,33 +134,15 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig, labels: Optional[Path] 
     rejects = list(listing.rejects) + [(e.id, info[i]) for i, e in enumerate(entries) if images[i] is None]
     ok = np.array([im is not None for im in images], dtype=bool)
     if not ok.any():
-        raise CxradError(f"{source}: none of the {len(entries)} files could be read (first reason: {rejects[0][1]}); "
-                         "nothing written.")
+        raise CxradError(f"{source}: none of the {len(entries)} files could be read "
+                         f"(first reason: {rejects[0][1]}); nothing written.")
     try:
         chosen = _assign(entries, ok, cfg)
     except CxradError as exc:
-        raise CxradError(f"{exc} ({len(entries) - int(ok.sum())} files were rejected while decoding; see above)") from None
+        rejected = len(entries) - int(ok.sum())
+        raise CxradError(f"{exc} ({rejected} files were rejected while decoding; see above)") from None
 
-    sets = {}
-    for name in SET_NAMES:
-        idx = chosen.get(name)
-        if idx is None:
-            continue
-        prov_rows = [info[i] for i in idx]
-        prov = {key: np.array([p[key] for p in prov_rows]) for key in
-                ("modality", "photometric", "transfer_syntax", "bits_stored")}
-        prov["bits_stored"] = prov["bits_stored"].astype(np.int16)
-        prov["original_shape"] = np.array([p["original_shape"] for p in prov_rows], dtype=np.int32).reshape(-1, 2)
-        if any(entries[i].patient_id for i in idx):
-            prov["patient_id"] = np.array([entries[i].patient_id for i in idx])
-        ids = [entries[i].id for i in idx]
-        sets[name] = ImageSet(
-            images=np.stack([images[i] for i in idx]),
-            labels=np.array([entries[i].label for i in idx], dtype=np.int8),
-            ids=ids, source_paths=ids, provenance=prov,
-        )
-        for i in idx:  # release as we go: the stacked copy is what is kept
-            images[i] = None
+    sets = _image_sets(entries, images, info, chosen)
     unused = int(ok.sum()) - sum(len(s) for s in sets.values())
     pre = parameters(cfg)
     write_prepared_h5(out / DATA_FILE, sets, rejects, pre, store_dtype=cfg.store_dtype)

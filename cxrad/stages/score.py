@@ -25,7 +25,8 @@ def splits_to_score(prepared: Path, split: str) -> list[str]:
     if split == "all":
         return have
     if split not in have:
-        raise CxradError(f"{prepared}: prepared data has no '{split}' split (it has: {', '.join(have)}); pick one of them.")
+        raise CxradError(f"{prepared}: prepared data has no '{split}' split (it has: {', '.join(have)}); pick one "
+                         "of them.")
     # the normal training images and the held-out val images set the thresholds
     return sorted({split, "normal", "val"} & set(have), key=have.index)
 

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+
 def ensemble_mean(recon: torch.Tensor) -> torch.Tensor:
     """(K, B, 1, H, W) -> (B, H, W): μ, the mean reconstruction over members."""
     return recon.mean(dim=0)[:, 0]

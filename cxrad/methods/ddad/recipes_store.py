@@ -21,7 +21,6 @@ from cxrad.layout import SYNTH_RECIPES as FPI_FILE
 from cxrad.methods.ddad.fpi import RECIPE_FIELDS, Recipes
 
 
-
 def write_recipes_h5(path: Path, epochs: list[Recipes], preview: np.ndarray, masks: np.ndarray,
                      index: np.ndarray, attrs: dict[str, Any]) -> None:
     """Write every epoch's recipes and the preview atomically."""

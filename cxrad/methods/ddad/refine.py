@@ -24,8 +24,15 @@ import torch
 from torch import nn
 
 from cxrad import progress
-from cxrad.artifacts import (begin_output, finish_output, input_record, read_manifest, save_torch_atomic,
-                             write_json_atomic, write_manifest)
+from cxrad.artifacts import (
+    begin_output,
+    finish_output,
+    input_record,
+    read_manifest,
+    save_torch_atomic,
+    write_json_atomic,
+    write_manifest,
+)
 from cxrad.config import identity_digest
 from cxrad.devices import device_name, resolve_device
 from cxrad.errors import CxradError
@@ -35,8 +42,7 @@ from cxrad.methods.ddad.asr_net import INPUT_CHANNELS, ASRNet, focal_loss
 from cxrad.methods.ddad.config import RefineConfig
 from cxrad.methods.ddad.ensembles import open_ensembles, to_network_space
 from cxrad.methods.ddad.recipes_store import read_recipes, synth_epochs, synth_space
-from cxrad.methods.ddad.refinement import (channel_stats, input_scales, level_gains, stacked_maps,
-                                           synthetic_batches)
+from cxrad.methods.ddad.refinement import channel_stats, input_scales, level_gains, stacked_maps, synthetic_batches
 from cxrad.methods.ddad.weight_average import ema_decay_at, ema_update, precise_bn
 from cxrad.runs import open_run
 from cxrad.training_loop import Diverged, Interrupted, fit
@@ -155,26 +161,7 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
         return out
 
     t0 = time.perf_counter()
-    prepared = info.prepared_checked
-    pool = to_network_space(torch.as_tensor(load_split(prepared, "normal").images).to(device))
-    space, donor_pool = synth_space(synth)
-    map_pools = None
-    if space == "maps":  # the ensembles are frozen: each image's maps are computed once, not per epoch
-        donors = to_network_space(torch.as_tensor(load_split(prepared, donor_pool).images).to(device))
-        map_pools = (stacked_maps(ens, pool, cfg.inputs), stacked_maps(ens, donors, cfg.inputs))
-        del donors
-    pixel_means, clip = channel_stats(ens, pool, cfg.inputs, cfg.clip_quantile)
-    scales = input_scales(pixel_means, cfg.normalize)
-    if state is not None:  # the recorded statistics, so a resumed run scales exactly like the first
-        scales = state["scales"] if scales is not None else None
-        clip = state.get("clip", clip)
-
-    def batches(epoch: int, recipes, batch_size: int):
-        gains = None
-        if tuple(cfg.level_jitter) != (1.0, 1.0):
-            gains = level_gains(len(recipes), len(INPUT_CHANNELS[cfg.inputs]), cfg.level_jitter, cfg.seed, epoch)
-        return synthetic_batches(ens, pool, recipes, batch_size, cfg.inputs, scales, gains, clip, map_pools)
-
+    batches, scales, clip, space, donor_pool = _batch_source(info, ens, synth, cfg, device, state)
     trainer = ASRTrainer(cfg, synth, batches, device)
     if state is not None:
         trainer.restore(state)
@@ -202,6 +189,33 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
     finish_output(out)
     progress.log(f"cxrad refine: {cfg.inputs}: {cfg.epochs} epochs, final loss {log[-1]['loss']:.4f} -> {out}")
     return out
+
+
+def _batch_source(info, ens, synth: Path, cfg: RefineConfig, device: torch.device, state: dict | None):
+    """The normal pool (and, for map-space FPI, every image's maps, computed once: the ensembles
+    are frozen) and the input scaling -> (batches(epoch, recipes, batch_size), scales, clip,
+    space, donor_pool)."""
+    prepared = info.prepared_checked
+    pool = to_network_space(torch.as_tensor(load_split(prepared, "normal").images).to(device))
+    space, donor_pool = synth_space(synth)
+    map_pools = None
+    if space == "maps":
+        donors = to_network_space(torch.as_tensor(load_split(prepared, donor_pool).images).to(device))
+        map_pools = (stacked_maps(ens, pool, cfg.inputs), stacked_maps(ens, donors, cfg.inputs))
+        del donors
+    pixel_means, clip = channel_stats(ens, pool, cfg.inputs, cfg.clip_quantile)
+    scales = input_scales(pixel_means, cfg.normalize)
+    if state is not None:  # the recorded statistics, so a resumed run scales exactly like the first
+        scales = state["scales"] if scales is not None else None
+        clip = state.get("clip", clip)
+
+    def batches(epoch: int, recipes, batch_size: int):
+        gains = None
+        if tuple(cfg.level_jitter) != (1.0, 1.0):
+            gains = level_gains(len(recipes), len(INPUT_CHANNELS[cfg.inputs]), cfg.level_jitter, cfg.seed, epoch)
+        return synthetic_batches(ens, pool, recipes, batch_size, cfg.inputs, scales, gains, clip, map_pools)
+
+    return batches, scales, clip, space, donor_pool
 
 
 def _train(trainer: ASRTrainer, cfg: RefineConfig, out: Path, run: Path, digest: str, scales, clip,

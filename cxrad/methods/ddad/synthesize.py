@@ -35,6 +35,7 @@ from cxrad.methods.ddad.fpi import RECIPE_FIELDS, Recipes, apply_recipes, draw_r
 from cxrad.methods.ddad.recipes_store import write_recipes_h5
 from cxrad.runs import open_run
 
+
 def epoch_recipes(cfg: SynthConfig, n: int, size: int, epoch: int, donor_pool_size: int | None = None) -> Recipes:
     return draw_recipes(n, size, np.random.default_rng([cfg.seed, epoch]), cfg.patch_probability,
                         cfg.centre_range, cfg.half_width_range, donor_pool_size)

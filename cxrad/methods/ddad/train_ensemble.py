@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from cxrad import progress
-from cxrad.methods.ddad import losses
 from cxrad.artifacts import (
     MANIFEST_NAME,
     input_record,
@@ -34,6 +33,7 @@ from cxrad.errors import CxradError
 from cxrad.io.store import load_split, preprocessing_of, split_names
 from cxrad.layout import DDAD_MODULES as MODULES
 from cxrad.layout import RunLayout
+from cxrad.methods.ddad import losses
 from cxrad.methods.ddad.config import EnsembleConfig
 from cxrad.methods.ddad.trainer import BoundTrainer, GroupTrainer
 from cxrad.training_loop import Diverged, Interrupted, fit
@@ -72,7 +72,8 @@ def _jobs(cfg: EnsembleConfig, member: int | None) -> list[tuple[str, int]]:
         count = len(modules) * cfg.members
         if not task.isdigit() or int(task) >= count:
             raise CxradError(
-                f"SLURM_ARRAY_TASK_ID={task}: this run has {count} (module, member) tasks; submit with --array=0-{count - 1}."
+                f"SLURM_ARRAY_TASK_ID={task}: this run has {count} (module, member) tasks; submit with "
+                f"--array=0-{count - 1}."
             )
         t = int(task)
         return [(modules[t // cfg.members], t % cfg.members)]
@@ -90,7 +91,8 @@ def _load_data(prepared: Path, modules: list[str], batch_size: int) -> tuple[dic
         )
     data = {"ndm": normal.images}
     if "udm" in modules:
-        unl = load_split(prepared, "unlabeled").images if "unlabeled" in have else np.empty((0,) + normal.images.shape[1:], np.float32)
+        unl = (load_split(prepared, "unlabeled").images if "unlabeled" in have
+               else np.empty((0,) + normal.images.shape[1:], np.float32))
         if len(unl) == 0:
             raise CxradError(
                 f"{prepared}: the prepared data has no 'unlabeled' images (Du), which the UDM trains on; "
@@ -191,7 +193,8 @@ def _member_status(run: Path, module: str, i: int, digest: str) -> tuple[str, di
     """'done' (weights + info of this config), 'ckpt' (a checkpoint to resume) or 'none'."""
     info = read_json(RunLayout(run).member_info(module, i))
     weights = RunLayout(run).member_weights(module, i)
-    if info and info.get("config_sha256") == digest and weights.is_file() and weights.stat().st_size == info.get("weights_bytes"):
+    if (info and info.get("config_sha256") == digest and weights.is_file()
+            and weights.stat().st_size == info.get("weights_bytes")):
         return "done", info
     ckpt = RunLayout(run).member_checkpoint(module, i)
     if ckpt.is_file():
@@ -243,19 +246,9 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
     new_manifest = _check_run_folder(run, config, force=force, resume=resume)
 
     status = {job: _member_status(run, *job, digest) for job in jobs}
-    if resume and not any(s == "ckpt" for s, _ in status.values()):
-        if all(s == "done" for s, _ in status.values()):
-            progress.log(f"{run}: the requested members are already trained; nothing to resume.")
-            _finish_if_complete(run, config, digest, device)
-            return run
-        raise CxradError(f"{run}: nothing to resume (no checkpoint of the requested members); start it without --resume.")
-    if not resume and not force:
-        for (module, i), (s, c) in status.items():
-            if s == "ckpt":
-                raise CxradError(
-                    f"{RunLayout(run).member_checkpoint(module, i)}: an unfinished training is there (epoch {c['epoch']}/"
-                    f"{cfg.epochs}); continue it with --resume or start over with --force."
-                )
+    if not _check_resume(run, cfg, status, resume=resume, force=force):
+        _finish_if_complete(run, config, digest, device)
+        return run
 
     # ---- from here on we write ----
     if new_manifest:
@@ -281,15 +274,38 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
             if m == module:
                 s, c = status[(m, i)]
                 groups.setdefault(c["epoch"] if s == "ckpt" else 0, []).append(i)
-        if not groups:
-            continue
-        data = torch.from_numpy(data_np[module]).to(device).mul_(2).sub_(1)  # [0,1] -> [-1,1]
-        for start, members in sorted(groups.items()):
-            ckpts = [status[(module, i)][1] for i in members] if start else None
-            _train_group(run, prepared, cfg, config, digest, module, members, ckpts, data, device)
-        del data
+        if groups:
+            _train_module(run, prepared, cfg, config, digest, module, groups, status, data_np[module], device)
     _finish_if_complete(run, config, digest, device)
     return run
+
+
+def _check_resume(run: Path, cfg: EnsembleConfig, status: dict, *, resume: bool, force: bool) -> bool:
+    """Whether there is training to do given the members' status; refuses a resume without
+    checkpoints and a fresh start over an unfinished checkpoint (it would be lost)."""
+    if resume and not any(s == "ckpt" for s, _ in status.values()):
+        if all(s == "done" for s, _ in status.values()):
+            progress.log(f"{run}: the requested members are already trained; nothing to resume.")
+            return False
+        raise CxradError(f"{run}: nothing to resume (no checkpoint of the requested members); "
+                         "start it without --resume.")
+    if not resume and not force:
+        for (module, i), (s, c) in status.items():
+            if s == "ckpt":
+                raise CxradError(
+                    f"{RunLayout(run).member_checkpoint(module, i)}: an unfinished training is there (epoch "
+                    f"{c['epoch']}/{cfg.epochs}); continue it with --resume or start over with --force."
+                )
+    return True
+
+
+def _train_module(run: Path, prepared: Path, cfg: EnsembleConfig, config: dict, digest: str, module: str,
+                  groups: dict[int, list[int]], status: dict, images01: np.ndarray, device: torch.device) -> None:
+    """Train one module's member groups (members sharing a start epoch train as one batched model)."""
+    data = torch.from_numpy(images01).to(device).mul_(2).sub_(1)  # [0,1] -> [-1,1]
+    for start, members in sorted(groups.items()):
+        ckpts = [status[(module, i)][1] for i in members] if start else None
+        _train_group(run, prepared, cfg, config, digest, module, members, ckpts, data, device)
 
 
 def _train_group(run: Path, prepared: Path, cfg: EnsembleConfig, config: dict, digest: str, module: str,
@@ -369,5 +385,6 @@ def _finish_if_complete(run: Path, config: dict, digest: str, device: torch.devi
                                    "manifest_sha256": sha256_file(run / MANIFEST_NAME)}},
                    timings={f"{m}/member-{x['member']}": x["wall_s"] for m, xs in infos.items() for x in xs},
                    extra={"members": infos})
-    progress.log(f"{run}: ensemble complete ({', '.join(config['modules'])} × {config['members']} {config['backbone']})")
+    progress.log(f"{run}: ensemble complete ({', '.join(config['modules'])} × {config['members']} "
+                 f"{config['backbone']})")
 

@@ -177,7 +177,8 @@ class GroupTrainer:
         self.steps = int(checkpoints[0].get("steps", 0))
         if self.ema is not None:
             if any(c.get("ema") is None for c in checkpoints):
-                raise ValueError("the checkpoints hold no weight average; resume with the ema_decay they were made with")
+                raise ValueError("the checkpoints hold no weight average; resume with the ema_decay they were made "
+                                 "with")
             self.ema.load_member_states([c["ema"] for c in checkpoints])
         self.history = [list(c["history"]) for c in checkpoints]
         self.wall_s = [float(c["wall_s"]) for c in checkpoints]
