@@ -210,9 +210,9 @@ def refine(
     batch_size: int = typer.Option(REFINE.batch_size, "--batch-size"),
     lr: float = typer.Option(REFINE.lr, "--lr"),
     seed: int = typer.Option(REFINE.seed, "--seed"),
-    normalize: str = typer.Option(REFINE.normalize, "--normalize", help="normal-pixel-mean (default: divide by the "
-                                                                        "normal images' mean map), normal-mean (one "
-                                                                        "scalar per channel) or none (reference: raw maps)."),
+    normalize: str = typer.Option(REFINE.normalize, "--normalize",
+                                  help="normal-pixel-mean (default: divide by the normal images' mean map), "
+                                       "normal-mean (one scalar per channel) or none (reference: raw maps)."),
     ema_decay: float = typer.Option(REFINE.ema_decay, "--ema-decay", help="EMA of the weights; 0 keeps the raw "
                                                                           "final weights."),
     precise_bn: bool = typer.Option(REFINE.precise_bn, "--precise-bn/--no-precise-bn",
