@@ -6,12 +6,12 @@ Stages call :func:`open_run` once and pass the :class:`RunInfo` down instead of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cxrad.artifacts import check_input_unchanged, read_manifest
+from cxrad.artifacts import MANIFEST_NAME, check_input_unchanged, read_manifest, sha256_file
 from cxrad.errors import CxradError
 from cxrad.layout import RunLayout
 
@@ -29,6 +29,9 @@ class RunInfo:
 
     layout: RunLayout
     manifest: dict[str, Any]
+    # manifests of the run's artifacts read so far (folder -> manifest or the error): each is read
+    # from disk once per opened run, however many checks ask for it
+    _artifacts: dict[Path, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def root(self) -> Path:
@@ -63,6 +66,33 @@ class RunInfo:
         """The prepared data, refused when it changed since the run was trained on it."""
         check_input_unchanged(self.prepared_record)
         return self.prepared
+
+
+    def artifact(self, folder: Path, kind: str) -> dict[str, Any]:
+        """The manifest of one of the run's artifact folders (checked as read_manifest does), read once."""
+        key = Path(folder)
+        if key not in self._artifacts:
+            try:
+                self._artifacts[key] = read_manifest(key, kind)
+            except CxradError as exc:
+                self._artifacts[key] = exc
+        got = self._artifacts[key]
+        if isinstance(got, CxradError):
+            raise got
+        return got
+
+    def has_artifact(self, folder: Path, kind: str) -> bool:
+        try:
+            self.artifact(folder, kind)
+            return True
+        except CxradError:
+            return False
+
+    def input_record(self, folder: Path, kind: str) -> dict[str, Any]:
+        """How a later artifact records one of the run's artifacts as its input (see artifacts.input_record)."""
+        manifest = self.manifest if Path(folder) == self.root else self.artifact(folder, kind)
+        return {"path": str(Path(folder).resolve()), "kind": manifest["kind"],
+                "manifest_sha256": sha256_file(Path(folder) / MANIFEST_NAME)}
 
 
 def open_run(path: str | Path) -> RunInfo:

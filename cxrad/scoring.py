@@ -14,7 +14,6 @@ from typing import Any, Optional
 import numpy as np
 
 from cxrad import methods, progress
-from cxrad.artifacts import input_record, is_valid, read_manifest
 from cxrad.io.maps_store import ScoredSplit, read_maps_h5
 from cxrad.io.store import load_split
 from cxrad.methods.base import Method, Scorer
@@ -31,16 +30,16 @@ def method_of(run: RunInfo, *, command: str) -> Method:
 def artifact_records(run: RunInfo, method: Method) -> dict[str, Any]:
     """Input records (path, kind, manifest digest) of the run and of every method artifact the
     scores depend on: stored maps or metrics made from other records are stale."""
-    return {"run": input_record(run.root),
-            **{name: input_record(folder) for name, folder in method.artifacts(run).items()}}
+    return {"run": run.input_record(run.root, "run"),
+            **{name: run.input_record(folder, kind) for name, (folder, kind) in method.artifacts(run).items()}}
 
 
 def maps_are_current(run: RunInfo, records: dict[str, Any], split: Optional[str] = None) -> bool:
     """Whether RUN/maps holds a valid maps artifact made from ``records`` (and the file of ``split``)."""
     folder = run.layout.maps
-    if not is_valid(folder, "maps"):
+    if not run.has_artifact(folder, "maps"):
         return False
-    made_from = read_manifest(folder, "maps").get("inputs", {})
+    made_from = run.artifact(folder, "maps").get("inputs", {})
     if any(made_from.get(k) != json.loads(json.dumps(v)) for k, v in records.items()):
         return False
     return split is None or run.layout.maps_file(split).is_file()

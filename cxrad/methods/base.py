@@ -67,9 +67,9 @@ class Method:
     def check_ready(self, run: "RunInfo", *, for_command: str) -> None:
         """Raise CxradError naming the missing step when ``run`` cannot be scored yet."""
 
-    def artifacts(self, run: "RunInfo") -> dict[str, Path]:
-        """The run's method artifacts the scores depend on (name -> folder); their manifest digests
-        go into every maps/eval manifest, so retraining one makes earlier maps stale."""
+    def artifacts(self, run: "RunInfo") -> dict[str, tuple[Path, str]]:
+        """The run's method artifacts the scores depend on: name -> (folder, kind). Their manifest
+        digests go into every maps/eval manifest, so retraining one makes earlier maps stale."""
         return {}
 
     def load_scorer(self, run: "RunInfo", device: "torch.device") -> Scorer:

@@ -20,7 +20,6 @@ from cxrad import progress
 from cxrad.artifacts import (
     begin_output,
     finish_output,
-    input_record,
     is_valid,
     write_bytes_atomic,
     write_csv_atomic,
@@ -70,7 +69,7 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
     _check_labels(info, records, cfg.split)
     calib = threshold_split(info.prepared_checked, cfg.threshold_from, cfg.split)
     uses_maps = maps_are_current(info, records, cfg.split) and maps_are_current(info, records, calib)
-    inputs = {**records, **({"maps": input_record(info.layout.maps)} if uses_maps else {})}
+    inputs = {**records, **({"maps": info.input_record(info.layout.maps, "maps")} if uses_maps else {})}
     # a previous evaluation with the same options but other inputs is stale: redo it
     old = out / "manifest.json"
     if not force and old.is_file() and is_valid(out, "eval"):

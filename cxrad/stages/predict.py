@@ -28,8 +28,6 @@ from cxrad.artifacts import (
     atomic_path,
     begin_output,
     finish_output,
-    input_record,
-    is_valid,
     read_manifest,
     sha256_file,
     write_csv_atomic,
@@ -98,8 +96,8 @@ def run_thresholds(run: RunInfo, method: Method, scorer: Scorer, records: dict[s
     else computed now by the same rule (95th percentile of the held-out normals, or of the training
     normals when the data hold none: cxrad/thresholds.py) — never from test labels."""
     layout = run.layout
-    if is_valid(layout.eval, "eval") and layout.metrics.is_file():
-        made_from = read_manifest(layout.eval, "eval").get("inputs", {})
+    if run.has_artifact(layout.eval, "eval") and layout.metrics.is_file():
+        made_from = run.artifact(layout.eval, "eval").get("inputs", {})
         if all(made_from.get(k) == json.loads(json.dumps(v)) for k, v in records.items()):
             metrics = json.loads(layout.metrics.read_text())
             return ({k: float(v["threshold"]) for k, v in metrics["scores"].items()},
@@ -199,8 +197,8 @@ def _read_inputs(run: Path, inputs: list[Path], cfg: PredictConfig, workers: int
     for path, why in rejects:
         progress.log(f"rejected {path}: {why}")
     files = shard(files, cfg.num_shards, cfg.shard_id)
-    config: dict[str, Any] = {"run": input_record(info.root), "inputs": [str(Path(p).resolve()) for p in inputs],
-                              "predict": cfg}
+    config: dict[str, Any] = {"run": info.input_record(info.root, "run"),
+                              "inputs": [str(Path(p).resolve()) for p in inputs], "predict": cfg}
     prep_cfg = config_from_parameters(info.preprocessing)
     workers = workers or default_workers()
     calib_pixels, calib_rejects = None, []
@@ -275,7 +273,7 @@ def predict(run: Path, inputs: list[Path], out: Path, cfg: PredictConfig, force:
     summary = {"predicted": len(ok), "rejects": rejects, "decision_score": decision, "method": got.run.method,
                "threshold": thresholds[decision], "threshold_source": threshold_source,
                "thresholds": thresholds, "calibration_rejects": got.calib_rejects}
-    write_manifest(out, "predictions", got.config, inputs={"run": input_record(got.run.root)},
+    write_manifest(out, "predictions", got.config, inputs={"run": got.config["run"]},
                    outputs=["predictions.csv", "rejects.csv"], timings={"total": time.perf_counter() - t0},
                    device=device_name(device), extra={"summary": summary})
     finish_output(out)

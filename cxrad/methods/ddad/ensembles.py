@@ -13,7 +13,6 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from cxrad.artifacts import read_manifest
 from cxrad.errors import CxradError
 from cxrad.methods.ddad.discrepancy import discrepancy_maps
 from cxrad.runs import RunInfo
@@ -37,7 +36,7 @@ def read_ensemble(run: RunInfo, *, command: str = "cxrad score") -> dict[str, An
             f"{run.root}: the ensemble is not finished (no {folder}/manifest.json); train it with "
             f"`cxrad train-ensemble PREPARED --run {run.root}` (or add --resume) before `{command}`."
         )
-    ens = read_manifest(folder, "ensemble")
+    ens = run.artifact(folder, "ensemble")
     if ens["config"] != run.config:
         raise CxradError(
             f"{folder}: trained with another configuration than {run.layout.manifest}; "

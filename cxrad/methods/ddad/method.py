@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from cxrad import progress
-from cxrad.artifacts import is_valid
 from cxrad.errors import CxradError
 from cxrad.methods.base import Method, PipelineStep, Scorer
 from cxrad.methods.ddad.config import EnsembleConfig, RefineConfig, SynthConfig
@@ -37,7 +36,7 @@ SPECS = (
 
 def refiners(run: RunInfo) -> dict[str, Path]:
     """Finished ASR-Nets of the run: score name -> refine folder."""
-    return {f"R_{m}": run.layout.refine(m) for m in REFINE_INPUTS if is_valid(run.layout.refine(m), "refine")}
+    return {f"R_{m}": run.layout.refine(m) for m in REFINE_INPUTS if run.has_artifact(run.layout.refine(m), "refine")}
 
 
 class DDADScorer(Scorer):
@@ -93,8 +92,9 @@ class DDADASR(Method):
             raise CxradError(f"{run.root}: no trained ASR-Net (no valid {run.root / 'refine'}/dual or intra); "
                              "run `cxrad refine` first.")
 
-    def artifacts(self, run: RunInfo) -> dict[str, Path]:
-        return {"ensemble": run.layout.ensemble, **refiners(run)}
+    def artifacts(self, run: RunInfo) -> dict[str, tuple[Path, str]]:
+        return {"ensemble": (run.layout.ensemble, "ensemble"),
+                **{name: (folder, "refine") for name, folder in refiners(run).items()}}
 
     def load_scorer(self, run: RunInfo, device: torch.device) -> DDADScorer:
         from cxrad.methods.ddad.ensembles import open_ensembles
