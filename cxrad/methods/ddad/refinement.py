@@ -12,7 +12,6 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from cxrad.artifacts import read_manifest
 from cxrad.layout import ASR_MODEL
 from cxrad.methods.ddad.asr_net import INPUT_CHANNELS, ASRNet, anomaly_probability, asr_inputs, scale_inputs
 from cxrad.methods.ddad.ensembles import RunEnsembles
@@ -102,9 +101,9 @@ def synthetic_batches(ens: RunEnsembles, pool: torch.Tensor, recipes, batch_size
 
 
 def load_asr(folder: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load ``asr.pt`` -> {"net" (eval mode), "inputs", "scales", ...}."""
+    """Load ``asr.pt`` of a finished refine folder (the caller checked its manifest, e.g. with
+    RunInfo.has_artifact) -> {"net" (eval mode), "inputs", "scales", ...}."""
     folder = Path(folder)
-    read_manifest(folder, "refine")
     blob = torch.load(folder / ASR_MODEL, map_location=device, weights_only=True)
     net = ASRNet(len(INPUT_CHANNELS[blob["inputs"]]), int(blob["hidden"])).to(device)
     net.load_state_dict(blob["state_dict"])
