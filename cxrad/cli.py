@@ -179,7 +179,7 @@ def score(
     device: str = typer.Option(SCORE.device, "--device", help="auto | cpu | cuda | cuda:N"),
     force: bool = typer.Option(False, "--force", help="Replace existing maps."),
 ) -> None:
-    """Discrepancy maps (A_rec, A_intra, A_inter) and image scores of a split -> RUN/maps/<split>.h5."""
+    """Every map and image score of the run's method on a split (DDAD-ASR: A_* and R_*) -> RUN/maps/<split>.h5."""
     from cxrad.stages.score import score as run_score
 
     typer.echo(run_score(run, ScoreConfig(split=split, batch_size=batch_size, device=device), force=force))
