@@ -1,4 +1,4 @@
-"""Artifact folders: manifests, atomic writes, lineage checks (DESIGN §2.1).
+"""Artifact folders: manifests, atomic writes, lineage checks (docs/artifacts.md).
 
 Every stage writes a folder whose ``manifest.json`` is written *last*. A folder is a valid artifact
 only when its manifest exists, has the expected kind and schema, and every output it lists is

@@ -1,4 +1,4 @@
-"""Image-level evaluation metrics (DESIGN §3). Abnormal = positive class (label 1)."""
+"""Image-level evaluation metrics (docs/method.md, "Evaluation"). Abnormal = positive class (label 1)."""
 
 from __future__ import annotations
 

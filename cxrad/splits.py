@@ -1,4 +1,4 @@
-"""Dn / Du / Dt selection from a pool of labelled and unlabelled images (DESIGN §2.2) — pure.
+"""Dn / Du / Dt selection from a pool of labelled and unlabelled images (docs/method.md, "Splits") — pure.
 
 Inputs are per-image arrays (labels 0 normal, 1 abnormal, -1 unknown; optional patient ids); the
 output is index arrays into them. Nothing here reads files.

@@ -1,4 +1,4 @@
-"""DICOM bytes -> one gray float image with "bright = dense" (DESIGN §2.2).
+"""DICOM bytes -> one gray float image with "bright = dense" (docs/method.md, "Reading images").
 
 Order: modality LUT (rescale slope/intercept or LUT) -> VOI LUT or window (when present and
 enabled) -> invert MONOCHROME1 / Presentation LUT Shape INVERSE. pydicom itself never inverts.

@@ -51,7 +51,7 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
 
 def preprocess(img: np.ndarray, size: int, intensity: str = "minmax",
                percentiles: tuple[float, float] = (0.5, 99.5), crop: str = "none") -> np.ndarray:
-    """Full chain of DESIGN §2.2: to [0, 1] -> optional centre crop -> resize. (size, size) float32."""
+    """The chain of docs/method.md, "Reading images": to [0, 1], optional crop, resize. (size, size) float32."""
     x = to_unit(img, intensity, percentiles)
     if crop == "center":
         x = center_crop(x)

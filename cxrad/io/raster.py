@@ -1,4 +1,4 @@
-"""PNG / JPEG bytes -> one gray float image, the same conversion for every file (DESIGN §2.2).
+"""PNG / JPEG bytes -> one gray float image, the same conversion for every file (docs/method.md, "Reading images").
 
 Colour is removed by one float luma formula applied to every colour file; a gray file whose three
 channels are equal gives exactly the same numbers as its gray version. A mode-dependent path

@@ -1,4 +1,4 @@
-"""Figures of the evaluation report (DESIGN §3) and the FPI preview. matplotlib, Agg backend."""
+"""Figures of the evaluation report (docs/method.md, "Evaluation") and the FPI preview. matplotlib, Agg backend."""
 
 from __future__ import annotations
 

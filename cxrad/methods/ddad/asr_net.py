@@ -1,4 +1,4 @@
-"""ASR-Net (anomaly score refinement, DESIGN §1.1), its focal loss and its input normalisation.
+"""ASR-Net (anomaly score refinement, docs/method.md, "ASR-Net"), its focal loss and its input normalisation.
 
 The network is the reference's three 3×3 convolutions; what it eats is our choice: each input map
 channel is divided by a fixed scale measured on the maps of the normal training images (recorded

@@ -1,4 +1,4 @@
-"""Single-member reconstruction networks of DDAD: AE, MemAE and AE-U (DESIGN §1.1).
+"""Single-member reconstruction networks of DDAD: AE, MemAE and AE-U (docs/method.md, "Ensembles").
 
 These plain modules define the architecture, the initialisation and the on-disk weight format
 (``member-<i>.pt`` holds one of their state dicts). Training and scoring run the K members of a

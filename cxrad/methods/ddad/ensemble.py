@@ -1,4 +1,4 @@
-"""K reconstruction networks run as ONE batched model (DESIGN §2.3).
+"""K reconstruction networks run as ONE batched model (docs/method.md, "Ensembles").
 
 Member k owns channel block k of every grouped convolution (``groups=K``), slice k of every
 batched linear layer (weights (K, in, out), one ``baddbmm``), channel block k of every BatchNorm

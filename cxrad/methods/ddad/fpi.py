@@ -1,4 +1,4 @@
-"""Foreign Patch Interpolation pseudo-anomalies (DESIGN §1.3): recipes and their application.
+"""Foreign Patch Interpolation pseudo-anomalies (docs/method.md, "Synthetic anomalies"): recipes and their application.
 
 A *recipe* is everything random about one synthetic sample, drawn once and stored, so training
 is reproducible and a preview can be rebuilt from the file. Applying recipes is one vectorised

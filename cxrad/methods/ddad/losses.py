@@ -1,4 +1,4 @@
-"""Reconstruction losses of the three backbones, one value per ensemble member (DESIGN §1.1).
+"""Reconstruction losses of the three backbones, one value per ensemble member (docs/method.md, "Ensembles").
 
 Every function takes the output dict of :meth:`BatchedEnsemble.forward_batches` and the member-wise
 targets ``xk`` (B, K, s, s) in [-1, 1], and returns a (K,) tensor: member k's loss on its own batch.
