@@ -29,13 +29,14 @@ from sklearn.metrics import roc_auc_score
 
 
 def main(argv=None) -> int:
-    from cxrad import losses
-    from cxrad.config import EnsembleConfig
     from cxrad.io.store import load_split
-    from cxrad.methods.ddad.discrepancy import discrepancy_maps, image_score
-    from cxrad.methods.ddad.weight_average import precise_bn
+    from cxrad.methods.ddad import losses
+    from cxrad.methods.ddad.config import EnsembleConfig
+    from cxrad.methods.ddad.discrepancy import discrepancy_maps
     from cxrad.methods.ddad.train_ensemble import member_seed
     from cxrad.methods.ddad.trainer import GroupTrainer, full_batches
+    from cxrad.methods.ddad.weight_average import precise_bn
+    from cxrad.scores import image_score
 
     d = EnsembleConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

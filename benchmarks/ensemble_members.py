@@ -26,9 +26,11 @@ from sklearn.metrics import roc_auc_score
 
 
 def main(argv=None) -> int:
-    from cxrad.methods.ddad.discrepancy import a_inter, ensemble_mean, image_score
     from cxrad.io.store import load_split
-    from cxrad.methods.ddad.ensemble import load_ensemble
+    from cxrad.methods.ddad.discrepancy import a_inter, ensemble_mean
+    from cxrad.methods.ddad.ensembles import load_module, read_ensemble
+    from cxrad.runs import open_run
+    from cxrad.scores import image_score
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prepared", type=Path)
@@ -44,6 +46,12 @@ def main(argv=None) -> int:
 
     def auc(score: torch.Tensor) -> float:
         return round(100 * roc_auc_score(y, score.numpy()), 1)
+
+    def load_ensemble(run: Path, module: str):
+        """The run's frozen ``module`` ensemble on the CPU; refused unless every member is trained."""
+        info = open_run(run)
+        read_ensemble(info, command="benchmarks/ensemble_members.py")
+        return load_module(info, module, "cpu")
 
     ndm, udm = [], []
     with torch.no_grad():

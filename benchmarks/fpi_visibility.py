@@ -31,14 +31,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from cxrad.methods.ddad.ensembles import open_run, to_network_space
-    from cxrad.methods.ddad.fpi import Recipes, apply_recipes, RECIPE_FIELDS
     from cxrad.io.store import load_split
-    from cxrad.methods.ddad.synthesize import read_recipes
+    from cxrad.methods.ddad.ensembles import open_ensembles, to_network_space
+    from cxrad.methods.ddad.fpi import RECIPE_FIELDS, Recipes, apply_recipes
+    from cxrad.methods.ddad.recipes_store import read_recipes
+    from cxrad.runs import open_run
 
-    ens = open_run(args.run, torch.device("cpu"), need_udm=True)
-    pool = to_network_space(torch.as_tensor(load_split(ens.prepared, "normal").images))
-    r = read_recipes(args.synth or args.run / "synth", 0)
+    info = open_run(args.run)
+    ens = open_ensembles(info, torch.device("cpu"), need_udm=True, command="benchmarks/fpi_visibility.py")
+    pool = to_network_space(torch.as_tensor(load_split(info.prepared, "normal").images))
+    r = read_recipes(args.synth or info.layout.synth, 0)
     keep = np.flatnonzero(r.patched)[: args.count]
     r = Recipes(*(getattr(r, f)[keep] for f in RECIPE_FIELDS))
     # donors of map-space recipes index the unlabelled set; redraw them inside the normal pool so the

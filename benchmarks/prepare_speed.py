@@ -7,9 +7,13 @@ Cases:
 
 Each case runs `python -m cxrad.cli prepare` as a subprocess; peak RSS is the largest *sum* of the
 resident sizes of that process and all its descendants (the decoding workers), sampled from /proc
-every 10 ms. Prints a table and writes benchmarks/results/prepare_speed-<host>-<N>cpu.{json,md}.
+every 10 ms. Prints a table and writes benchmarks/results/prepare_speed-<host>-<N>cpu.{json,md}
+(``--results`` another folder).
 
-    python benchmarks/prepare_speed.py [--workers N] [--data ../shared/data]
+    CXRAD_DATA=/path/to/data python benchmarks/prepare_speed.py [--workers N]
+
+The data root ($CXRAD_DATA or ``--data``; benchmarks/bench_data.py) holds
+kermany-pneumonia-224/{kermany_pneumonia_224.tar,labels.csv} and dicom/pydicom-data_RG1_UNCR_chest_CR.dcm.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_data import KERMANY_224, RESULTS, data_file  # benchmarks/ is the script dir
+
+KERMANY_LABELS = KERMANY_224.parent / "labels.csv"
+RG1_DICOM = Path("dicom") / "pydicom-data_RG1_UNCR_chest_CR.dcm"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -75,14 +82,15 @@ def run_case(args: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, help="data root [default: $CXRAD_DATA]")
     ap.add_argument("--workers", type=int, default=None, help="default: the CPUs this process may use")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder for the .json/.md [default: %(default)s]")
     opt = ap.parse_args()
     ncpu = len(os.sched_getaffinity(0))
     workers = opt.workers or ncpu
-    tar = opt.data / "kermany-pneumonia-224" / "kermany_pneumonia_224.tar"
-    labels = opt.data / "kermany-pneumonia-224" / "labels.csv"
-    dcm = opt.data / "dicom" / "pydicom-data_RG1_UNCR_chest_CR.dcm"
+    tar = data_file(KERMANY_224, opt.data)
+    labels = data_file(KERMANY_LABELS, opt.data)
+    dcm = data_file(RG1_DICOM, opt.data)
     results = {"host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
                "usable_cpus": ncpu, "workers": workers, "python": platform.python_version(), "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,14 +118,15 @@ def main() -> None:
 
     lines = [f"# cxrad prepare speed — {results['host']}, {ncpu} usable CPUs ({results['cpu']}), "
              f"{workers} workers", "",
-             "| case | images | wall s (incl. start-up) | images/s end-to-end | images/s decoding | peak RSS MB (tree) |",
+             "| case | images | wall s (incl. start-up) | images/s end-to-end | images/s decoding "
+             "| peak RSS MB (tree) |",
              "|---|---|---|---|---|---|"]
     for name, r in results["cases"].items():
         lines.append(f"| {name} | {r['images']} | {r['wall_s']:.2f} | {r['images'] / r['wall_s']:.0f} | "
                      f"{r['images_per_s_decode']:.0f} | {r['peak_rss_mb']:.0f} |")
     text = "\n".join(lines)
     print(text)
-    outdir = REPO / "benchmarks" / "results"
+    outdir = opt.results
     outdir.mkdir(parents=True, exist_ok=True)
     stem = f"prepare_speed-{results['host']}-{ncpu}cpu"
     (outdir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")

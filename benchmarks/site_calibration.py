@@ -8,7 +8,9 @@ the run's threshold and with the calibrated one, and sensitivity / specificity /
 decision score are printed and appended to benchmarks/results/site_calibration.jsonl. Labels are
 read only to report; the calibration images are never among those scored.
 
-    python benchmarks/site_calibration.py RUN --workdir W [--seed 0]
+    CXRAD_DATA=/path/to/data python benchmarks/site_calibration.py RUN --workdir W [--seed 0]
+
+The Kermany 224-px tar is read from $CXRAD_DATA (or ``--data``, or ``--source``): see benchmarks/bench_data.py.
 """
 
 from __future__ import annotations
@@ -24,10 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-RESULTS = REPO / "benchmarks" / "results" / "site_calibration.jsonl"
+from bench_data import KERMANY_224, REPO, RESULTS, data_file  # benchmarks/ is the script dir
 
 
 def _patient(name: str) -> str:
@@ -66,8 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("run", type=Path, help="a finished run on ZhangLab-OCSSL-64")
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0, help="which half of the test normals calibrates")
-    ap.add_argument("--source", type=Path, default=SHARED / "data" / "kermany-pneumonia-224" / "kermany_pneumonia_224.tar")
-    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--data", type=Path, help="data root [default: $CXRAD_DATA]")
+    ap.add_argument("--source", type=Path, help="the Kermany 224-px tar [default: DATA/" + str(KERMANY_224) + "]")
+    ap.add_argument("--results", type=Path, default=RESULTS / "site_calibration.jsonl")
     args = ap.parse_args(argv)
 
     from cxrad.config import PredictConfig
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
     site = args.workdir / f"site-s{args.seed}"
     if not (site / "archive").is_dir():
-        _extract_site(args.source, site, args.seed)
+        _extract_site(args.source or data_file(KERMANY_224, args.data), site, args.seed)
     calib, archive = site / "calibration", site / "archive"
     # Kermany names normals IM-*/NORMAL2-IM-* and pneumonia person*_bacteria/virus_*
     labels = {f.name: 0 if f.name.upper().startswith(("IM-", "NORMAL")) else 1 for f in archive.iterdir()}

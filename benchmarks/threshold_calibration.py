@@ -8,7 +8,10 @@ epochs, R_dual with 5 ASR epochs) and evaluates twice: thresholds from the held-
 Prints sensitivity / specificity on the test split at each threshold and appends one JSON line to
 benchmarks/results/threshold_calibration.jsonl. The test labels are only read to report.
 
-    python benchmarks/threshold_calibration.py --workdir W [--seed 0] [--val-normals 200]
+    CXRAD_DATA=/path/to/data python benchmarks/threshold_calibration.py --workdir W [--seed 0] [--val-normals 200]
+
+Reads the Kermany 224-px tar and its labels.csv from $CXRAD_DATA/kermany-pneumonia-224/ (or ``--data``;
+``--source`` / ``--labels`` override each): see benchmarks/bench_data.py.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import subprocess
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-RESULTS = REPO / "benchmarks" / "results" / "threshold_calibration.jsonl"
+from bench_data import KERMANY_224, REPO, RESULTS, data_file  # benchmarks/ is the script dir
+
+KERMANY_LABELS = KERMANY_224.parent / "labels.csv"   # part of the data release, next to the tar
 LABEL = {"val": "held-out normals", "normal": "Dn (training)"}
 
 
@@ -36,23 +39,26 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--asr-epochs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--source", type=Path, default=SHARED / "data" / "kermany-pneumonia-224" / "kermany_pneumonia_224.tar")
-    ap.add_argument("--labels", type=Path, default=SHARED / "data" / "kermany-pneumonia-224" / "labels.csv")
-    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--data", type=Path, help="data root [default: $CXRAD_DATA]")
+    ap.add_argument("--source", type=Path, help="the Kermany 224-px tar [default: DATA/" + str(KERMANY_224) + "]")
+    ap.add_argument("--labels", type=Path, help="its labels CSV [default: DATA/" + str(KERMANY_LABELS) + "]")
+    ap.add_argument("--results", type=Path, default=RESULTS / "threshold_calibration.jsonl")
     args = ap.parse_args(argv)
+    args.source = args.source or data_file(KERMANY_224, args.data)
+    args.labels = args.labels or data_file(KERMANY_LABELS, args.data)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from cxrad.config import (EnsembleConfig, EvaluateConfig, PrepareConfig, RefineConfig, ScoreConfig,
-                              SynthConfig)
+    from cxrad.config import EvaluateConfig, PrepareConfig, ScoreConfig
     from cxrad.devices import device_name, resolve_device
-    from cxrad.stages.evaluate import evaluate
-    from cxrad.stages.prepare import prepare
+    from cxrad.methods.ddad.config import EnsembleConfig, RefineConfig, SynthConfig
     from cxrad.methods.ddad.refine import refine
-    from cxrad.stages.score import score
     from cxrad.methods.ddad.synthesize import synthesize
     from cxrad.methods.ddad.train_ensemble import train_ensemble
+    from cxrad.stages.evaluate import evaluate
+    from cxrad.stages.prepare import prepare
+    from cxrad.stages.score import score
 
     prepared = args.workdir / "prepared" / f"kermany-n{args.normal_count}-v{args.val_normals}-s{args.seed}"
     run = args.workdir / "runs" / f"ae-e{args.epochs}-a{args.asr_epochs}-s{args.seed}"

@@ -10,9 +10,12 @@ Three ways to train the same K networks for one epoch each:
 Every (method, backbone) runs in a fresh subprocess so peak memory (max RSS on CPU,
 max_memory_allocated on CUDA) belongs to that method alone. Times exclude a short warm-up.
 
-    python benchmarks/train_speed.py [--device auto] [--epochs 1] [--threads N] [--full-epochs 250 [--amp]]
+    CXRAD_DATA=/path/to/data python benchmarks/train_speed.py [--device auto] [--epochs 1] [--threads N]
+        [--full-epochs 250 [--amp]]
 
-Writes benchmarks/results/train_speed-<device>.json and .md.
+Reads the Kermany 224-px tar from $CXRAD_DATA (or ``--data``; benchmarks/bench_data.py) and the split
+benchmarks/splits/zhanglab-ocssl.csv; the prepared set is cached in cxrad-work/ (git-ignored).
+Writes benchmarks/results/train_speed-<device>.json and .md (``--results`` another folder).
 """
 
 from __future__ import annotations
@@ -28,10 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TAR = SHARED / "data" / "kermany-pneumonia-224" / "kermany_pneumonia_224.tar"
-SPLIT_CSV = SHARED / "benchmarks" / "zhanglab-ocssl.csv"
+from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
+
+SPLIT_CSV = SPLITS / "zhanglab-ocssl.csv"
 CACHE = REPO / "cxrad-work" / "benchmarks" / "zhanglab-ocssl-64"  # git-ignored
 K = 3
 BATCH = 64
@@ -41,8 +43,8 @@ WARMUP_STEPS = 3
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-def prepared_split() -> tuple[Path, str]:
-    """The ZhangLab-OCSSL-64 prepared artifact (cached) and how it was made."""
+def prepared_split(data: Path | None = None) -> tuple[Path, str]:
+    """The ZhangLab-OCSSL-64 prepared artifact (cached) and how it was made; ``data``: a --data root."""
     from cxrad.artifacts import is_valid
 
     if is_valid(CACHE, "prepared"):
@@ -50,7 +52,7 @@ def prepared_split() -> tuple[Path, str]:
     from cxrad.config import PrepareConfig
     from cxrad.stages.prepare import prepare
 
-    prepare(TAR, CACHE, PrepareConfig(size=64), labels=SPLIT_CSV, force=True)
+    prepare(data_file(KERMANY_224, data), CACHE, PrepareConfig(size=64), labels=SPLIT_CSV, force=True)
     how = "cxrad.stages.prepare (tar + zhanglab-ocssl.csv)"
     (CACHE / "how.json").write_text(json.dumps({"how": how}))
     return CACHE, how
@@ -95,7 +97,7 @@ def measure_cxrad(images, backbone: str, members_per_model: int, epochs: int, de
     """Seconds per epoch for K members, trained ``members_per_model`` at a time."""
     import torch
 
-    from cxrad import losses
+    from cxrad.methods.ddad import losses
     from cxrad.methods.ddad.trainer import GroupTrainer
 
     data = torch.from_numpy(images).to(device) * 2 - 1
@@ -173,7 +175,7 @@ def time_full_stage(prepared: Path, args) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-    from cxrad.config import EnsembleConfig
+    from cxrad.methods.ddad.config import EnsembleConfig
     from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     cfg = EnsembleConfig(epochs=args.full_epochs, device=args.device, amp=args.amp)
@@ -221,7 +223,10 @@ def main() -> None:
     ap.add_argument("--backbones", default="ae,aeu")
     ap.add_argument("--methods", default="batched,per-member,plain")
     ap.add_argument("--full-epochs", type=int, default=0,
-                    help="also time the real stage end to end: NDM + UDM, K=3, AE, this many epochs (GPU acceptance: 250)")
+                    help="also time the real stage end to end: NDM + UDM, K=3, AE, this many epochs "
+                         "(GPU acceptance: 250)")
+    ap.add_argument("--data", type=Path, help="data root [default: $CXRAD_DATA]")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder for the .json/.md [default: %(default)s]")
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--backbone", help=argparse.SUPPRESS)
     ap.add_argument("--prepared", help=argparse.SUPPRESS)
@@ -229,7 +234,7 @@ def main() -> None:
     if args.method:
         return child(args)
 
-    prepared, how = prepared_split()
+    prepared, how = prepared_split(args.data)
     print(f"data: {prepared} ({how})", flush=True)
     rows = []
     device = args.device
@@ -256,12 +261,13 @@ def main() -> None:
     full = None
     if args.full_epochs:
         full = time_full_stage(prepared, args)
-        print(f"stage end to end: NDM + UDM, K=3, AE, {args.full_epochs} epochs: {full['wall_s']:.1f} s wall", flush=True)
+        print(f"stage end to end: NDM + UDM, K=3, AE, {args.full_epochs} epochs: {full['wall_s']:.1f} s wall",
+              flush=True)
     if args.methods != "batched,per-member,plain" or args.backbones != "ae,aeu":
         print("partial run: results not written")
         return
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    results = REPO / "benchmarks" / "results"
+    results = args.results
     results.mkdir(parents=True, exist_ok=True)
     meta = {"device": device, "members": K, "batch_size": BATCH, "epochs_measured": args.epochs,
             "threads": args.threads or "torch default", "data": how, "host": platform.node(),
