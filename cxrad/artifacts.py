@@ -31,7 +31,7 @@ SCHEMA_VERSION = 1
 # kind -> the command that makes it; used to tell users which step is missing.
 PRODUCER = {
     "prepared": "cxrad prepare",
-    "run": "cxrad train-ensemble",
+    "run": "cxrad train-ensemble",   # DDAD-ASR's; a run of another method names its own command
     "ensemble": "cxrad train-ensemble",
     "maps": "cxrad score",
     "synth": "cxrad synthesize",

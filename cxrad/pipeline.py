@@ -51,7 +51,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "defaults" / "sample.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults" / "sample.toml"
 GENERIC_TABLES = ("data", "method", "run", "prepare", "score", "evaluate")
 
 

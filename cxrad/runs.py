@@ -99,6 +99,6 @@ def open_run(path: str | Path) -> RunInfo:
     """Check that ``path`` is a run (``RUN/manifest.json`` of kind "run") and read it once."""
     layout = RunLayout(Path(path))
     if not layout.manifest.is_file():
-        raise CxradError(f"{layout.root}: not a cxrad run (no run manifest); create it with "
-                         f"`cxrad train-ensemble PREPARED --run {layout.root}`.")
+        raise CxradError(f"{layout.root}: not a cxrad run (no run manifest); create it with `cxrad train-ensemble "
+                         f"PREPARED --run {layout.root}` (DDAD-ASR) or another method's training command.")
     return RunInfo(layout, read_manifest(layout.root, "run"))

@@ -33,6 +33,8 @@ def image_score(score_map):
     numpy float16 input, so stored maps give the same score as the live ones up to rounding).
     """
     if isinstance(score_map, np.ndarray):
+        if score_map.size == 0:
+            return np.zeros(len(score_map), np.float32)
         return score_map.reshape(len(score_map), -1).mean(axis=1, dtype=np.float64).astype(np.float32)
     return score_map.flatten(1).mean(dim=1)
 
