@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Submit the whole cxrad pipeline for CONFIG as a chain of SLURM jobs:
-#   prepare -> train-ensemble (array of 2K tasks) -> refine -> evaluate, each afterok the previous.
+#   prepare -> train-ensemble (array of 2K tasks; K with one module) -> refine -> evaluate, each
+#   afterok the previous.
 # Usage: workflows/slurm/submit.sh CONFIG.toml [WORKDIR]
 # WORKDIR defaults to $CXRAD_HOME, else ./cxrad-work. Extra sbatch options (account, partition)
 # go in $CXRAD_SBATCH_ARGS, e.g. CXRAD_SBATCH_ARGS="--account=abc --partition=gpu".
@@ -16,8 +17,9 @@ CXRAD_BIN=${CXRAD_BIN:-cxrad}
 # Resolve the run folder and K from the config with cxrad itself (one source of truth).
 paths=$($CXRAD_BIN run "$config" --workdir "$workdir" --dry-run --json)
 run=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["run"])' <<<"$paths")
-members=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["config_resolved"]["ensemble"]["members"])' <<<"$paths")
-last=$((2 * members - 1))
+# One array task per (module, member): 2K with both modules (NDM and UDM), K with one.
+tasks=$(python3 -c 'import json,sys; e=json.load(sys.stdin)["config_resolved"]["method_tables"]["ensemble"]; print((2 if e["module"] == "both" else 1) * e["members"])' <<<"$paths")
+last=$((tasks - 1))
 
 common=(--parsable --chdir "$workdir" --export "ALL,CXRAD_CONFIG=$config,CXRAD_WORKDIR=$workdir,CXRAD_RUN=$run,CXRAD_SLURM_DIR=$here")
 # shellcheck disable=SC2086
