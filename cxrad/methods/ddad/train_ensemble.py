@@ -22,6 +22,7 @@ from cxrad.artifacts import (
     MANIFEST_NAME,
     input_record,
     read_manifest,
+    runtime_info,
     save_torch_atomic,
     sha256_file,
     write_json_atomic,
@@ -252,10 +253,14 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
 
     # ---- from here on we write ----
     if new_manifest:
-        RunLayout(run).ensemble.mkdir(parents=True, exist_ok=True)
-        (RunLayout(run).ensemble / MANIFEST_NAME).unlink(missing_ok=True)
+        # The run manifest first: a concurrent SLURM array task that checks the folder in between
+        # must find a run, not a folder holding only ensemble/. An old ensemble manifest left for a
+        # moment is harmless: read_ensemble refuses it, its config differs from the new run's.
+        run.mkdir(parents=True, exist_ok=True)
         write_manifest(run, "run", config, inputs={"prepared": config["prepared"]}, device=device_name(device),
                        extra={"method": METHOD})
+        RunLayout(run).ensemble.mkdir(exist_ok=True)
+        (RunLayout(run).ensemble / MANIFEST_NAME).unlink(missing_ok=True)
     if force:
         (RunLayout(run).ensemble / MANIFEST_NAME).unlink(missing_ok=True)
         for job in jobs:
@@ -360,6 +365,7 @@ def _train_group(run: Path, prepared: Path, cfg: EnsembleConfig, config: dict, d
             "wall_s": round(trainer.wall_s[k], 3), "trained_with": len(members),
             "weights": f"ema {cfg.ema_decay} + precise BN" if cfg.ema_decay > 0 else "last step",
             "device": device_name(device), "config_sha256": digest, "weights_bytes": weights.stat().st_size,
+            "slurm": runtime_info().get("slurm", {}),
         })
         RunLayout(run).member_checkpoint(module, i).unlink(missing_ok=True)
 
