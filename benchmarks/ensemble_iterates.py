@@ -28,6 +28,17 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 
+@torch.no_grad()
+def _update_tail(tail: dict, trainers: dict, n: int) -> None:
+    """Running mean of each module's weights over the epochs of the second half (n so far)."""
+    for module, tr in trainers.items():
+        if module not in tail:
+            tail[module] = copy.deepcopy(tr.model)
+        else:
+            for pt, p in zip(tail[module].parameters(), tr.model.parameters()):
+                pt.lerp_(p, 1.0 / n)
+
+
 def main(argv=None) -> int:
     from cxrad.io.store import load_split
     from cxrad.methods.ddad import losses
@@ -93,13 +104,7 @@ def main(argv=None) -> int:
             rec["ema"] = aucs(*(t.final_model(data[m], args.batch_size) for m, t in trainers.items()))
         if epoch > args.epochs // 2:
             tail_n += 1
-            for module, tr in trainers.items():
-                if module not in tail:
-                    tail[module] = copy.deepcopy(tr.model)
-                else:
-                    with torch.no_grad():
-                        for pt, p in zip(tail[module].parameters(), tr.model.parameters()):
-                            pt.lerp_(p, 1.0 / tail_n)
+            _update_tail(tail, trainers, tail_n)
             rec["tail"] = aucs(*(with_precise_bn(tail[m], m) for m in trainers))
         rec["s"] = round(time.monotonic() - t0, 1)
 

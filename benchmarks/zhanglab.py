@@ -127,8 +127,8 @@ def main(argv=None) -> int:
 
 def _epoch_logger(test_maps, labels, store: list):
     """on_epoch callback: test AUC/AP of the kept model after each epoch — analysis only."""
-    from cxrad.metrics import auc, average_precision
     from cxrad.methods.ddad.refine import refined_maps
+    from cxrad.metrics import auc, average_precision
 
     def cb(epoch, asr):
         s = refined_maps(asr, test_maps).reshape(len(labels), -1).mean(1)
@@ -150,12 +150,12 @@ def _test_maps(run: Path, device):
 
 
 def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: str, asr_epochs: int) -> dict:
-    from cxrad.stages.evaluate import evaluate
-    from cxrad.stages.prepare import prepare
     from cxrad.methods.ddad.refine import refine
-    from cxrad.stages.score import score
     from cxrad.methods.ddad.synthesize import synthesize
     from cxrad.methods.ddad.train_ensemble import train_ensemble
+    from cxrad.stages.evaluate import evaluate
+    from cxrad.stages.prepare import prepare
+    from cxrad.stages.score import score
 
     timings: dict[str, float] = {}
     per_epoch: dict[str, list] = {}
@@ -208,9 +208,9 @@ def _ensemble_epoch_times(run: Path) -> dict:
 def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_epochs: int, dev_name: str) -> None:
     from cxrad.devices import resolve_device
     from cxrad.methods.ddad.config import SynthConfig
-    from cxrad.metrics import auc
     from cxrad.methods.ddad.refine import refine
     from cxrad.methods.ddad.synthesize import synthesize
+    from cxrad.metrics import auc
 
     device = resolve_device(args.device)
     test_maps, labels = _test_maps(run, device)
