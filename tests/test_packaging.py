@@ -154,7 +154,7 @@ echo "{name} $*" >> "$CI_CALLS"
 @pytest.mark.parametrize("apt_fails", [False, True], ids=["apt-ok", "apt-fails"])
 def test_ci_installs_torch_then_runs_the_readme_test_line_verbatim(tmp_path, apt_fails):
     """.ci/run against stub python/pip/apt-get that record their calls: torch first, the README's
-    test line last and unchanged; a failing apt-get (no SLURM) does not stop CI."""
+    test line unchanged, then the linter last; a failing apt-get (no SLURM) does not stop CI."""
     readme = (REPO / "README.md").read_text()
     lines = [line for line in readme.splitlines() if line.startswith('pip install -e ".[test]"')]
     assert len(lines) == 1
@@ -177,7 +177,8 @@ def test_ci_installs_torch_then_runs_the_readme_test_line_verbatim(tmp_path, apt
     # the README line as bash runs it: `pip install -e ".[test]" && python -m pytest -x -q`
     test_line = [" ".join(shlex.split(part)) for part in lines[0].split("&&")]
     assert recorded[0] == "python -m pip install --quiet torch==2.13.0"
-    assert recorded[-len(test_line):] == test_line, recorded
+    assert recorded[-1] == "python -m ruff check .", recorded
+    assert recorded[-1 - len(test_line):-1] == test_line, recorded
     apt = [c for c in recorded if c.startswith("apt-get ")]
     if os.geteuid() == 0:
         assert apt and all("slurm-wlm munge" in c for c in apt if " install " in c), recorded
