@@ -99,11 +99,12 @@ class RefineConfig(StageConfig):
     seed: int = 0
     checkpoint_every: int = operational(10)
     device: Device = operational("auto")
-    # Departures from the reference that make the final model stable (docs/method.md):
-    normalize: Literal["normal-pixel-mean", "normal-mean", "none"] = "normal-pixel-mean"
-    # divide each map channel by the normal training images' mean map, pixel by pixel (floored at
-    # 10% of the channel mean); "normal-mean": by one scalar per channel; "none" = reference: raw
-    # maps, ~1e-2 scale
+    # (the next five fields are the departures from the reference that make the final model
+    # stable: docs/method.md, "Where cxrad departs from the paper")
+    normalize: Literal["normal-pixel-mean", "normal-mean", "none"] = "normal-pixel-mean"  # divide each map
+                                        # channel by the normal training images' mean map, pixel by
+                                        # pixel (floored at 10% of the channel mean); "normal-mean": by
+                                        # one scalar per channel; "none" = reference: raw maps
     ema_decay: float = 0.999            # keep an exponential moving average of the weights (0 = off);
                                         # warm-up min(decay, (1+t)/(10+t)) so short runs are not stuck at init
     clip_quantile: float = 0.0          # >0: clip each input channel at this quantile of its values on
