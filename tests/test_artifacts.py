@@ -127,3 +127,22 @@ def test_input_record_detects_changes(tmp_path):
     write_manifest(folder, "prepared", {"size": 32}, outputs=["data.bin"])
     with pytest.raises(CxradError, match="changed since it was used"):
         check_input_unchanged(rec)
+
+
+def test_operational_fields_do_not_change_an_artifacts_identity(tmp_path):
+    """Device, batch size of score, checkpoint cadence...: a re-run with other values is a no-op."""
+    from cxrad.config import ScoreConfig, identity, identity_digest
+    from cxrad.methods.ddad.config import EnsembleConfig
+
+    assert "device" not in identity(ScoreConfig()) and "batch_size" not in identity(ScoreConfig())
+    assert {"module", "device", "checkpoint_every"}.isdisjoint(identity(EnsembleConfig()))
+    assert identity_digest(EnsembleConfig(device="cpu", checkpoint_every=1)) == identity_digest(EnsembleConfig())
+    assert identity_digest(EnsembleConfig(lr=1e-3)) != identity_digest(EnsembleConfig())
+    folder = tmp_path / "maps"
+    assert begin_output(folder, "maps", ScoreConfig(device="cpu"), force=False) is True
+    m = write_manifest(folder, "maps", ScoreConfig(device="cpu"))
+    assert m["identity"] == identity_digest(ScoreConfig()) and m["config"]["device"] == "cpu"
+    finish_output(folder)
+    assert begin_output(folder, "maps", ScoreConfig(device="cuda", batch_size=8), force=False) is False
+    with pytest.raises(CxradError, match="different configuration"):
+        begin_output(folder, "maps", ScoreConfig(split="val", device="cpu"), force=False)

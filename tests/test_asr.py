@@ -15,7 +15,8 @@ def test_shapes_and_probability():
     assert logits.shape == (3, 2, 16, 16)
     p = anomaly_probability(logits)
     assert p.shape == (3, 16, 16) and float(p.min()) >= 0 and float(p.max()) <= 1
-    assert sum(q.numel() for q in ASRNet(2).parameters()) == (2 * 9 * 128 + 128) + 256 + (128 * 9 * 128 + 128) + 256 + (128 * 9 * 2 + 2)
+    conv1, bn, conv2, conv3 = 2 * 9 * 128 + 128, 2 * 128, 128 * 9 * 128 + 128, 128 * 9 * 2 + 2
+    assert sum(q.numel() for q in ASRNet(2).parameters()) == conv1 + bn + conv2 + bn + conv3
 
 
 def test_focal_loss_hand_value():
@@ -47,7 +48,7 @@ def test_per_pixel_scales():
 
 
 def test_input_scales_from_normal_mean_maps():
-    from cxrad.methods.ddad.refine import input_scales
+    from cxrad.methods.ddad.refinement import input_scales
 
     # channel 0: mean map with a hot border (10) and a near-zero centre; channel 1 flat
     pm = np.full((2, 4, 4), 1.0)
@@ -104,7 +105,7 @@ def test_ema_and_precise_bn():
 
 
 def test_level_gains_range_and_repeatable():
-    from cxrad.methods.ddad.refine import level_gains
+    from cxrad.methods.ddad.refinement import level_gains
 
     g = level_gains(1000, 2, (1.0, 2.0), seed=3, epoch=4)
     assert g.shape == (1000, 2) and g.min() >= 1.0 and g.max() <= 2.0

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from cxrad.methods.ddad.discrepancy import a_inter, a_intra, a_rec, discrepancy_maps, ensemble_mean, image_score
+from cxrad.methods.ddad.discrepancy import a_inter, a_intra, a_rec, discrepancy_maps, ensemble_mean
+from cxrad.scores import image_score
 
 
 def _recon(values):

@@ -15,8 +15,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxrad.artifacts import read_manifest, write_manifest
-from cxrad.config import EnsembleConfig
 from cxrad.io.store import load_split, write_prepared_h5
+from cxrad.methods.ddad.config import EnsembleConfig
 
 TINY = EnsembleConfig(members=2, epochs=2, batch_size=16, checkpoint_every=1, device="cpu")
 
@@ -63,7 +63,9 @@ def test_full_chain(trained_run, cli):
     for split, n in (("test", 65), ("normal", 30)):
         with h5py.File(run / "maps" / f"{split}.h5") as h5:
             assert h5["maps/A_inter"].shape == (n, 32, 32) and h5["maps/A_inter"].dtype == np.float16
-            assert set(h5["scores"]) == {"A_rec", "A_intra", "A_inter"} and len(h5["ids"]) == n
+            # score runs after refine: every score of the run, the refined ones included
+            assert set(h5["scores"]) == {"A_rec", "A_intra", "A_inter", "R_intra", "R_dual"} and len(h5["ids"]) == n
+            assert set(h5["maps"]) == set(h5["scores"]) and h5["maps/R_dual"].shape == (n, 32, 32)
     code, out, err = cli("evaluate", run, "--device", "cpu")
     assert code == 0, err
     assert "R_dual" in out and "AUC" in out

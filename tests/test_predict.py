@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from PIL import Image
-
 from conftest import SAMPLE, SHARED_DATA
+from PIL import Image
 
 
 def cli(*args):
@@ -48,16 +47,17 @@ def test_predict_dicoms_and_pngs(tiny_run, tmp_path):
 
 def test_predict_same_preprocessing_as_prepare(tiny_run, tmp_path):
     """A test image scored by predict gets the same A_rec as in the run's own test maps."""
-    from cxrad.stages.score import maps_file, read_maps_h5
+    from cxrad.io.maps_store import read_maps_h5
+    from cxrad.layout import RunLayout
 
-    test = read_maps_h5(maps_file(tiny_run["run"], "test"))
+    test = read_maps_h5(RunLayout(tiny_run["run"]).maps_file("test"))
     idx = 0
-    rel = test["ids"][idx]
+    rel = test.ids[idx]
     out = tmp_path / "pred"
     r = cli("predict", tiny_run["run"], SAMPLE / rel, "--out", out, "--no-overlays")
     assert r.returncode == 0, r.stderr
     row = next(csv.DictReader(open(out / "predictions.csv")))
-    np.testing.assert_allclose(float(row["A_rec"]), float(test["scores"]["A_rec"][idx]), rtol=2e-2)
+    np.testing.assert_allclose(float(row["A_rec"]), float(test.scored.scores["A_rec"][idx]), rtol=2e-2)
 
 
 def _ct_dicom(tmp_path: Path) -> Path:
@@ -99,7 +99,7 @@ def test_predict_shards_partition_the_inputs(tiny_run, tmp_path):
 
 
 def test_predict_refuses_incomplete_run(prepared_sample32, tmp_path):
-    from cxrad.config import EnsembleConfig
+    from cxrad.methods.ddad.config import EnsembleConfig
     from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     run = tmp_path / "run"
@@ -139,11 +139,12 @@ def test_predict_threshold_from_local_normals(tiny_run, tmp_path):
     assert len(manifest["config"]["calibration"]["sha256"]) == 64
     assert set(manifest["summary"]["thresholds"]) == {"A_rec", "A_intra", "A_inter", "R_intra", "R_dual"}
     r = cli("inspect", out)
-    assert r.returncode == 0 and "threshold_source: 95th percentile of the scores of the 20 local normal images" in r.stdout
+    assert r.returncode == 0
+    assert "threshold_source: 95th percentile of the scores of the 20 local normal images" in r.stdout
 
     # a changed calibration set is a different configuration: never reused, replaced only on --force
-    changed = _copy(sorted(normals.glob("*.jpeg"))[:19] + sorted((SAMPLE / "kermany" / "train" / "NORMAL").glob("*.jpeg"))[:1],
-                    tmp_path / "changed")
+    train_normal = sorted((SAMPLE / "kermany" / "train" / "NORMAL").glob("*.jpeg"))[0]
+    changed = _copy(sorted(normals.glob("*.jpeg"))[:19] + [train_normal], tmp_path / "changed")
     args = ("predict", tiny_run["run"], normals, "--out", out, "--no-overlays", "--calibrate-on", changed)
     r = cli(*args)
     assert r.returncode == 2 and "different configuration" in r.stderr and "--force" in r.stderr

@@ -86,4 +86,5 @@ def test_config_errors_are_one_line(tmp_path):
 def test_embedded_default_points_at_sample_data():
     cfg = load_config(None)
     assert cfg.source == SAMPLE.resolve() and cfg.labels == (SAMPLE / "labels.csv").resolve()
-    assert cfg.ensemble.members == 3 and cfg.refine_inputs == ["dual", "intra"]
+    assert cfg.method == "ddad"
+    assert cfg.method_tables["ensemble"].members == 3 and cfg.method_tables["refine_inputs"] == ["dual", "intra"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from cxrad.artifacts import write_manifest
-from cxrad.config import EnsembleConfig
 from cxrad.io.store import ImageSet, load_split, write_prepared_h5
+from cxrad.methods.ddad.config import EnsembleConfig
 from cxrad.metrics import normal_threshold
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
@@ -50,12 +50,18 @@ def _val_normal_scores(run: Path, name: str) -> np.ndarray:
 
 
 def test_held_out_normals_set_the_threshold(run_with_val, cli):
-    from cxrad.methods.ddad.ensembles import open_run
-    from cxrad.stages.predict import _thresholds
+    import torch
+
+    from cxrad.runs import open_run
+    from cxrad.scoring import artifact_records, method_of
+    from cxrad.stages.predict import run_thresholds
 
     run = run_with_val
     # predict without an evaluation applies the same rule: held-out normals
-    thr, source = _thresholds(run, open_run(run, "cpu"), {}, "cpu")
+    info = open_run(run)
+    method = method_of(info, command="cxrad evaluate")
+    thr, source = run_thresholds(info, method, method.load_scorer(info, torch.device("cpu")),
+                                 artifact_records(info, method))
     assert "20 held-out normal images" in source
 
     assert cli("score", run, "--device", "cpu")[0] == 0
@@ -90,12 +96,14 @@ def test_threshold_from_val_without_val_split_is_a_one_line_error(prepared_sampl
     from cxrad.methods.ddad.train_ensemble import train_ensemble
 
     run = tmp_path / "run"
-    train_ensemble(prepared_sample32, run, EnsembleConfig(module="ndm", members=2, epochs=1, batch_size=8, device="cpu"))
+    cfg = EnsembleConfig(module="ndm", members=2, epochs=1, batch_size=8, device="cpu")
+    train_ensemble(prepared_sample32, run, cfg)
     code, _, err = cli("evaluate", run, "--threshold-from", "val", "--device", "cpu")
     assert code != 0 and "--val-normals" in err and len(err.strip().splitlines()) == 1, err
     assert not (run / "eval").exists()
     code, _, err = cli("evaluate", run, "--threshold-from", "best", "--device", "cpu")
-    assert code != 0 and "--threshold-from best" in err
+    assert code != 0 and "--threshold-from 'best'" in err and len(err.strip().splitlines()) == 1, err
+    assert not (run / "eval").exists()
 
 
 def test_prepare_val_normals_from_a_pool(tmp_path, cli):

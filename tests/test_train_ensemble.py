@@ -9,15 +9,16 @@ import shutil
 import pytest
 import torch
 
-from cxrad.methods.ddad import losses
 from cxrad.artifacts import write_manifest
 from cxrad.cli import main
-from cxrad.config import EnsembleConfig
 from cxrad.errors import CxradError
 from cxrad.io.store import ImageSet, write_prepared_h5
-from cxrad.methods.ddad.ensemble import load_ensemble
-from cxrad.run_folder import member_checkpoint_path, member_weights_path, read_ensemble, read_run
+from cxrad.layout import RunLayout
+from cxrad.methods.ddad import losses
+from cxrad.methods.ddad.config import EnsembleConfig
+from cxrad.methods.ddad.ensembles import load_module, open_ensembles, read_ensemble
 from cxrad.methods.ddad.train_ensemble import member_seed, train_ensemble
+from cxrad.runs import open_run
 
 FAST = ["--epochs", "2", "--batch-size", "8", "--members", "2", "--device", "cpu"]
 
@@ -37,28 +38,28 @@ def cli(args, capsys):
 
 
 def weights(run, module, k):
-    return [torch.load(member_weights_path(run, module, i), weights_only=True) for i in range(k)]
+    return [torch.load(RunLayout(run).member_weights(module, i), weights_only=True) for i in range(k)]
 
 
 def test_end_to_end_run_and_loader(prepared_sample32, tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = cli(["train-ensemble", prepared_sample32, "--run", run, *FAST], capsys)
     assert code == 0, err
-    manifest = read_run(run)
+    manifest = open_run(run).manifest
     c = manifest["config"]
     assert (c["backbone"], c["members"], c["image_size"], c["modules"]) == ("ae", 2, 32, ["ndm", "udm"])
     assert c["prepared"]["kind"] == "prepared" and "preprocessing" in c
     # Paired init (default): member i has one seed in both modules, distinct across members.
     assert c["paired_init"] is True
     assert c["seeds"]["ndm"] == c["seeds"]["udm"] and len(set(c["seeds"]["ndm"])) == 2
-    ens = read_ensemble(run)
+    ens = read_ensemble(open_run(run))
     assert [m["seed"] for m in ens["members"]["ndm"]] == c["seeds"]["ndm"]
     assert all(m["epochs"] == 2 for m in ens["members"]["udm"])
     lines = [json.loads(x) for x in (run / "ensemble" / "log.jsonl").read_text().splitlines()]
     assert len([x for x in lines if "loss" in x]) == 2 * 2 * 2
-    assert not member_checkpoint_path(run, "ndm", 0).exists()  # removed once finished
+    assert not RunLayout(run).member_checkpoint("ndm", 0).exists()  # removed once finished
 
-    model = load_ensemble(run, "udm", "cpu")
+    model = load_module(open_run(run), "udm", "cpu")
     assert model.backbone == "ae" and not model.training
     with torch.no_grad():
         assert model(torch.zeros(3, 1, 32, 32)).shape == (2, 3, 1, 32, 32)
@@ -77,7 +78,7 @@ def test_independent_init_gives_every_member_its_own_seed(prepared_sample32, tmp
     code, out, err = cli(["train-ensemble", prepared_sample32, "--run", run, *FAST, "--epochs", "1",
                           "--independent-init"], capsys)
     assert code == 0, err
-    c = read_run(run)["config"]
+    c = open_run(run).config
     assert c["paired_init"] is False and len(set(c["seeds"]["ndm"] + c["seeds"]["udm"])) == 4
     # NDM seeds do not depend on pairing: an NDM-only comparison across the two modes is fair.
     assert c["seeds"]["ndm"] == [member_seed(0, "ndm", i, paired=True) for i in range(2)]
@@ -87,12 +88,12 @@ def test_aeu_loader_returns_mean_and_logvar(prepared_sample32, tmp_path):
     run = tmp_path / "run"
     cfg = EnsembleConfig(module="ndm", members=2, backbone="aeu", epochs=1, batch_size=8, device="cpu")
     train_ensemble(prepared_sample32, run, cfg)
-    model = load_ensemble(run, "ndm")
+    model = load_module(open_run(run), "ndm")
     with torch.no_grad():
         mean, logvar = model(torch.zeros(2, 1, 32, 32))
     assert mean.shape == logvar.shape == (2, 2, 1, 32, 32)
     with pytest.raises(CxradError, match="no udm ensemble"):
-        load_ensemble(run, "udm")
+        load_module(open_run(run), "udm")
 
 
 def test_batched_equals_one_member_per_process(prepared_sample32, tmp_path):
@@ -102,7 +103,7 @@ def test_batched_equals_one_member_per_process(prepared_sample32, tmp_path):
     train_ensemble(prepared_sample32, batched, cfg)
     for i in range(3):
         train_ensemble(prepared_sample32, single, cfg, member=i)
-    read_ensemble(single)  # the last member process wrote the ensemble manifest
+    read_ensemble(open_run(single))  # the last member process wrote the ensemble manifest
     for module in ("ndm", "udm"):
         for a, b in zip(weights(batched, module, 3), weights(single, module, 3)):
             for key in a:
@@ -117,7 +118,7 @@ def test_slurm_array_task_selects_module_and_member(prepared_sample32, tmp_path,
     assert trained == ["udm/member-1.pt"]
     assert not (run / "ensemble" / "manifest.json").exists()  # other tasks still missing
     with pytest.raises(CxradError, match="ensemble is not finished"):
-        load_ensemble(run, "udm")
+        open_ensembles(open_run(run), torch.device("cpu"))
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "6")
     with pytest.raises(CxradError, match="--array=0-5"):
         train_ensemble(prepared_sample32, run, EnsembleConfig(members=3, epochs=1, batch_size=8, device="cpu"))
@@ -139,8 +140,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(prepared_sample32, tmp_path, m
     with pytest.raises(CxradError, match=r"nan at epoch 4.*checkpoint \(epoch 2\) is kept") as info:
         train_ensemble(prepared_sample32, run, cfg)
     assert info.value.exit_code != 0
-    ckpt = torch.load(member_checkpoint_path(run, "ndm", 0), weights_only=True)
-    assert ckpt["epoch"] == 2 and not member_weights_path(run, "ndm", 0).exists()
+    ckpt = torch.load(RunLayout(run).member_checkpoint("ndm", 0), weights_only=True)
+    assert ckpt["epoch"] == 2 and not RunLayout(run).member_weights("ndm", 0).exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def test_saved_weights_are_the_average_or_the_last_step(prepared_sample32, tmp_p
     avg, last = tmp_path / "avg", tmp_path / "last"
     train_ensemble(prepared_sample32, avg, EnsembleConfig(**base))
     train_ensemble(prepared_sample32, last, EnsembleConfig(**base, ema_decay=0.0))
-    assert read_run(avg)["config"]["ema_decay"] == EnsembleConfig().ema_decay > 0
+    assert open_run(avg).config["ema_decay"] == EnsembleConfig().ema_decay > 0
     info = json.loads((avg / "ensemble" / "ndm" / "member-0.json").read_text())
     assert info["weights"].startswith("ema")
     assert json.loads((last / "ensemble" / "ndm" / "member-0.json").read_text())["weights"] == "last step"
@@ -264,11 +265,15 @@ def test_wrong_inputs_are_one_line_errors(case, prepared_sample32, tmp_path, cap
     assert code != 0
     assert len(err.strip().splitlines()) == 1 and err.startswith("cxrad: error: "), err
     assert _snapshot(run) == before
+    # option errors (EnsembleConfig.validate, device and amp checks) name the option and the value
+    names = {"members_1": "--members 1:", "bad_backbone": "--backbone 'vae': use one of ae, memae, aeu",
+             "ema_decay_1": "--ema-decay 1", "cuda_without_gpu": "--device cuda:", "amp_on_cpu": "--amp:"}
+    assert names.get(case, "cxrad: error: ") in err, err
 
 
-def test_read_run_rejects_a_folder_that_is_not_a_run(tmp_path):
+def test_open_run_rejects_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(CxradError, match=r"not a cxrad run \(no run manifest\); create it with `cxrad train-ensemble"):
-        read_run(tmp_path)
+        open_run(tmp_path)
 
 
 def test_force_retrains_and_resume_force_exclude(prepared_sample32, tmp_path, capsys):
@@ -278,6 +283,6 @@ def test_force_retrains_and_resume_force_exclude(prepared_sample32, tmp_path, ca
     assert cli(args, capsys)[0] == 0
     code, _, err = cli([*args, "--lr", "1e-3", "--force"], capsys)
     assert code == 0, err
-    assert read_ensemble(run)["config"]["lr"] == 1e-3
+    assert read_ensemble(open_run(run))["config"]["lr"] == 1e-3
     code, _, err = cli([*args, "--resume", "--force"], capsys)
     assert code != 0 and "exclude" in err

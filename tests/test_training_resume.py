@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from cxrad.run_folder import member_checkpoint_path, member_weights_path
+from cxrad.layout import RunLayout
 
 EPOCHS = 16
 ARGS = ["--module", "ndm", "--members", "2", "--epochs", str(EPOCHS), "--batch-size", "8",
@@ -44,7 +44,7 @@ def _start_and_wait(prepared, run, min_epoch):
 
 
 def _weights(run):
-    return [torch.load(member_weights_path(run, "ndm", i), weights_only=True) for i in range(2)]
+    return [torch.load(RunLayout(run).member_weights("ndm", i), weights_only=True) for i in range(2)]
 
 
 def _assert_bitwise(a_run, b_run):
@@ -66,8 +66,8 @@ def test_kill_9_then_resume_is_bitwise_identical(prepared_sample32, uninterrupte
     proc = _start_and_wait(prepared_sample32, run, min_epoch=5)  # past the checkpoint of epoch 4
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert member_checkpoint_path(run, "ndm", 0).exists()
-    assert not member_weights_path(run, "ndm", 0).exists(), "finished before the kill; raise EPOCHS"
+    assert RunLayout(run).member_checkpoint("ndm", 0).exists()
+    assert not RunLayout(run).member_weights("ndm", 0).exists(), "finished before the kill; raise EPOCHS"
     # Without --resume an unfinished run is refused, not silently restarted.
     refused = subprocess.run(_cmd(prepared_sample32, run), env=ENV, capture_output=True, text=True)
     assert refused.returncode != 0 and "--resume" in refused.stderr
@@ -84,7 +84,7 @@ def test_sigterm_checkpoints_then_resume_is_bitwise_identical(prepared_sample32,
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "--resume" in err.strip().splitlines()[-1]
-    ckpt = torch.load(member_checkpoint_path(run, "ndm", 1), weights_only=True)
+    ckpt = torch.load(RunLayout(run).member_checkpoint("ndm", 1), weights_only=True)
     assert 1 <= ckpt["epoch"] < EPOCHS
     done = subprocess.run(_cmd(prepared_sample32, run, "--resume"), env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
