@@ -1,0 +1,126 @@
+"""`cxrad refine` through the shared training loop: a walltime signal in the middle of an epoch
+checkpoints and stops, --resume finishes to an ASR-Net bitwise identical to an uninterrupted run;
+a NaN loss stops with a one-line error and leaves the last checkpoint intact."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxrad.errors import CxradError
+from cxrad.layout import ASR_CHECKPOINT, ASR_MODEL, MANIFEST
+from cxrad.methods.ddad import refine as refine_mod
+from cxrad.methods.ddad.config import EnsembleConfig, RefineConfig, SynthConfig
+from cxrad.methods.ddad.refine import refine
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EPOCHS = 3
+CFG = RefineConfig(inputs="dual", epochs=EPOCHS, batch_size=8, hidden_channels=8, checkpoint_every=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run(prepared_sample32, tmp_path_factory) -> Path:
+    """A tiny run (32 px, K = 2, one ensemble epoch) with FPI recipes for EPOCHS ASR epochs."""
+    from cxrad.methods.ddad.synthesize import synthesize
+    from cxrad.methods.ddad.train_ensemble import train_ensemble
+
+    run = tmp_path_factory.mktemp("refine-resume") / "run"
+    train_ensemble(prepared_sample32, run, EnsembleConfig(members=2, epochs=1, batch_size=16, device="cpu"))
+    synthesize(run, SynthConfig(epochs=EPOCHS, preview_count=4))
+    return run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(run, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The reference ASR-Net, trained with the tests' thread count (one_thread): reductions must be
+    split the same way for results to be bit-identical."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = refine(run, CFG, out=tmp_path_factory.mktemp("refine-ref") / "dual")
+    finally:
+        torch.set_num_threads(threads)
+    return _state_dict(out)
+
+
+def _state_dict(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / ASR_MODEL, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _assert_bitwise(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _epoch_of_checkpoint(out: Path) -> int:
+    return int(torch.load(out / ASR_CHECKPOINT, map_location="cpu", weights_only=True)["epoch"])
+
+
+def test_sigusr1_mid_epoch_checkpoints_then_resume_is_bitwise_identical(run, uninterrupted, tmp_path, monkeypatch):
+    out = tmp_path / "dual"
+    real = refine_mod.synthetic_batches
+    calls = {"epochs": 0, "sent": False}
+
+    def signalled_in_epoch_2(*args, **kwargs):
+        """Epoch 2's batches (the second call); SIGUSR1 arrives after its first batch."""
+        calls["epochs"] += 1
+        for i, batch in enumerate(real(*args, **kwargs)):
+            yield batch
+            if calls["epochs"] == 2 and i == 0 and not calls["sent"]:
+                calls["sent"] = True
+                signal.raise_signal(signal.SIGUSR1)
+
+    monkeypatch.setattr(refine_mod, "synthetic_batches", signalled_in_epoch_2)
+    with pytest.raises(CxradError) as info:
+        refine(run, CFG, out=out)
+    monkeypatch.undo()
+    assert calls["sent"]
+    err = info.value
+    assert err.exit_code == 128 + signal.SIGUSR1
+    message = str(err)
+    assert "\n" not in message and "SIGUSR1" in message
+    assert "checkpoint saved" in message and "--resume" in message
+    # the epoch in which the signal arrived was finished and checkpointed; nothing final was written
+    assert _epoch_of_checkpoint(out) == 2
+    assert not (out / ASR_MODEL).exists() and not (out / MANIFEST).exists()
+
+    # without --resume, a fresh start; with it, training continues from epoch 2
+    refine(run, CFG, out=out, resume=True)
+    assert (out / MANIFEST).is_file()
+    _assert_bitwise(uninterrupted, _state_dict(out))
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(run, uninterrupted, tmp_path, monkeypatch):
+    out = tmp_path / "dual"
+    real = refine_mod.focal_loss
+    seen = {"epoch": None, "checkpoint": None}
+
+    def poisoned(logits, target, gamma=2.0):
+        """NaN from epoch 2 on (1-based), once epoch 1's checkpoint is on disk."""
+        if seen["checkpoint"] is None and (out / ASR_CHECKPOINT).is_file():
+            seen["checkpoint"] = (out / ASR_CHECKPOINT).read_bytes()
+        loss = real(logits, target, gamma)
+        return loss * float("nan") if seen["checkpoint"] is not None else loss
+
+    monkeypatch.setattr(refine_mod, "focal_loss", poisoned)
+    with pytest.raises(CxradError) as info:
+        refine(run, CFG, out=out)
+    monkeypatch.undo()
+    err = info.value
+    message = str(err)
+    assert err.exit_code == 3
+    assert "\n" not in message and "nan at epoch 2" in message
+    assert "checkpoint is intact" in message and "--resume" in message
+    # the checkpoint of epoch 1 is untouched: nothing of the diverged epoch was saved
+    assert seen["checkpoint"] is not None
+    assert (out / ASR_CHECKPOINT).read_bytes() == seen["checkpoint"] and _epoch_of_checkpoint(out) == 1
+    assert not (out / ASR_MODEL).exists() and not (out / MANIFEST).exists()
+
+    # resumed from that checkpoint without the fault, training ends where the uninterrupted run did
+    refine(run, CFG, out=out, resume=True)
+    _assert_bitwise(uninterrupted, _state_dict(out))
