@@ -288,20 +288,25 @@ def slurm_cluster(tmp_path_factory):
               f"({cluster.cmd('sinfo', '--version').strip()})")
         yield cluster
     finally:
-        if daemons and daemons[-1].poll() is None:  # leave no job behind
-            queued = cluster.cmd("squeue", "--noheader", "--format=%A", check=False).split()
-            if queued:
-                cluster.cmd("scancel", *queued, check=False)
-                deadline = time.monotonic() + 15
-                while cluster.cmd("squeue", "--noheader", check=False).strip() and time.monotonic() < deadline:
-                    time.sleep(0.2)
-        for p in reversed(daemons):
-            p.terminate()
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(cluster, daemons)
+
+
+def _stop(cluster: Cluster, daemons: list[subprocess.Popen]) -> None:
+    """Cancel what is still queued (leave no job behind), then stop the daemons, newest first."""
+    if daemons and daemons[-1].poll() is None:
+        queued = cluster.cmd("squeue", "--noheader", "--format=%A", check=False).split()
+        if queued:
+            cluster.cmd("scancel", *queued, check=False)
+            deadline = time.monotonic() + 15
+            while cluster.cmd("squeue", "--noheader", check=False).strip() and time.monotonic() < deadline:
+                time.sleep(0.2)
+    for p in reversed(daemons):
+        p.terminate()
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 @dataclass

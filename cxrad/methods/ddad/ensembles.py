@@ -76,6 +76,7 @@ def load_module(run: RunInfo, module: str, device: torch.device | str = "cpu"):
     """
     from cxrad.methods.ddad.ensemble import BatchedEnsemble
 
+    read_ensemble(run)  # one line naming the step when the ensemble is unfinished (read once per run)
     cfg = run.config
     if module not in cfg["modules"]:
         raise CxradError(
