@@ -76,32 +76,12 @@ def test_batched_members_equal_plain_members(backbone):
             else:
                 torch.testing.assert_close(out[k], ref[0] if backbone == "memae" else ref, atol=1e-5, rtol=1e-5)
     # after the train-mode pass the BN running statistics are per member and agree like the outputs
+    # (not to the bit: the batched linear layer (baddbmm) and nn.Linear (addmm) round differently in
+    # the last bit on some CPUs, e.g. this one, before the redesign too)
     for k, m in enumerate(plain):
         sd = ens.member_state_dict(k)
         for key, v in m.state_dict().items():
             torch.testing.assert_close(sd[key], v, atol=1e-5, rtol=1e-5, msg=key)
-
-
-@pytest.mark.xfail(strict=False, reason="machine-dependent: the batched linear layer (baddbmm on (K, in, out) "
-                   "weights) and nn.Linear (addmm) round differently in the last bit on some CPUs; this exact "
-                   "check already failed on such a CPU before the redesign (commit 53fe8fc)")
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_batched_bn_statistics_are_bit_identical(backbone):
-    """After one train-mode pass the batched members' BN running statistics equal the plain members'
-    bit for bit (holds where the CPU's GEMM kernels agree for both layouts)."""
-    seeds = [3, 4]
-    ens = init_members(backbone, seeds, 32).train()
-    plain = []
-    for s in seeds:
-        torch.manual_seed(s)
-        plain.append(build_member(backbone, 32).train())
-    x = torch.rand(4, 1, 32, 32) * 2 - 1
-    ens(x)
-    for k, m in enumerate(plain):
-        m(x)
-        sd = ens.member_state_dict(k)
-        for key, v in m.state_dict().items():
-            torch.testing.assert_close(sd[key], v, atol=0, rtol=0, msg=key)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
