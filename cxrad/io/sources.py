@@ -21,14 +21,16 @@ Whole-input problems raise :class:`CxradError`; per-file problems become (path, 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
 import posixpath
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from cxrad.artifacts import sha256_file
 from cxrad.errors import CxradError
@@ -36,6 +38,52 @@ from cxrad.errors import CxradError
 SPLIT_ALIASES = {"normal": "normal", "unlabeled": "unlabeled", "unlabelled": "unlabeled", "test": "test",
                  "val": "val", "train": "", "": ""}
 LAYOUT_SPLITS = {"train": "", "test": "test", "val": "val"}
+
+# The file names a folder scan reads, for `prepare` (folder layout) and `predict` (folders) alike:
+# DICOM (also extension-less and UID-style names such as 1.2.840.113619.2.55.3.604688119.868, whose
+# "suffix" is a number) and every raster format Pillow decodes for us. Files named in a labels CSV,
+# a data.json or on the `predict` command line are read whatever their name.
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
+RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".gif", ".bmp", ".tif", ".tiff",
+                             ".webp", ".jp2", ".j2k", ".pgm", ".ppm", ".pnm"})
+IMAGE_SUFFIXES = DICOM_SUFFIXES | RASTER_SUFFIXES | {""}
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a folder scan reads the file ``name`` (:data:`IMAGE_SUFFIXES`, or a numeric suffix)."""
+    suffix = posixpath.splitext(name.replace("\\", "/").rsplit("/", 1)[-1])[1].lower()
+    return suffix in IMAGE_SUFFIXES or suffix[1:].isdigit()
+
+
+def not_image_name_reason(name: str) -> str:
+    suffix = posixpath.splitext(name)[1]
+    return (f"file name suffix {suffix} is not an image type cxrad reads (DICOM: {', '.join(sorted(DICOM_SUFFIXES))} "
+            f"or none; images: {', '.join(sorted(RASTER_SUFFIXES))}); skipped")
+
+
+def file_problem(path: os.PathLike | str) -> Optional[str]:
+    """Why ``path`` cannot be read as one image file (None: a regular file, directly or through a link).
+
+    Dangling links, link loops, FIFOs, sockets and devices are reported rather than opened: reading a
+    FIFO would block for ever.
+    """
+    try:
+        st = os.stat(path)  # follows links
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "dangling symbolic link (its target does not exist); skipped"
+        return "no such file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself); skipped"
+        return f"cannot read ({exc.strerror or type(exc).__name__}); skipped"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not a file"
+    kind = ("FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+            else "device file")
+    return f"not a regular file ({kind}); not read"
 
 
 @dataclass(frozen=True)
@@ -121,22 +169,43 @@ class SourceIndex:
             raise CxradError(f"{self.source}: compressed tar archives cannot be read member by member at speed; "
                              "decompress it first (e.g. `gunzip -k`), which gives an uncompressed .tar.") from None
         with tf:
-            for m in tf:  # streams headers; member data is never read here
-                rel = _safe_rel(m.name)
-                if rel is None:
-                    if m.isfile():
-                        self.rejects.append((m.name, "unsafe member name in archive (absolute or leaves the "
-                                                     "archive root); skipped, nothing extracted"))
-                    continue
-                if m.isdir() or _hidden(rel):
-                    continue
-                if not m.isfile():
-                    self.rejects.append((rel, "archive member is a link or special file; not followed"))
-                    continue
-                if rel in self._members:
-                    raise CxradError(f"{self.source}: member {rel} appears twice in the archive; "
-                                     "rebuild the tar with unique names.")
-                self._members[rel] = Locator(str(self.source.resolve()), m.offset_data, m.size)
+            try:
+                for m in tf:  # streams headers; member data is never read here
+                    self._add_member(m)
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise CxradError(f"{self.source}: truncated or corrupt tar archive ({exc} after "
+                                 f"{len(self._members)} member(s)); re-create or re-download it.") from None
+            self._check_complete(tf.offset)
+
+    def _add_member(self, m: tarfile.TarInfo) -> None:
+        rel = _safe_rel(m.name)
+        if rel is None:
+            if m.isfile():
+                self.rejects.append((m.name, "unsafe member name in archive (absolute or leaves the "
+                                             "archive root); skipped, nothing extracted"))
+            return
+        if m.isdir() or _hidden(rel):
+            return
+        if not m.isfile():
+            self.rejects.append((rel, "archive member is a link or special file; not followed"))
+            return
+        if rel in self._members:
+            raise CxradError(f"{self.source}: member {rel} appears twice in the archive; "
+                             "rebuild the tar with unique names.")
+        self._members[rel] = Locator(str(self.source.resolve()), m.offset_data, m.size)
+
+    def _check_complete(self, end: int) -> None:
+        """A tar cut at a member boundary reads as a shorter archive: require every member's data and
+        the end-of-archive block of zeros (tarfile itself stops silently at a missing or cut header)."""
+        size = self.source.stat().st_size
+        cut = next((rel for rel, loc in self._members.items() if loc.offset + loc.size > size), None)
+        with open(self.source, "rb") as fh:
+            fh.seek(end)
+            tail = fh.read(tarfile.BLOCKSIZE)
+        if cut is not None or len(tail) < tarfile.BLOCKSIZE or tail.strip(b"\0"):
+            where = f"member {cut} is cut short" if cut else "no end-of-archive marker"
+            raise CxradError(f"{self.source}: truncated tar archive ({where}, after {len(self._members)} "
+                             "member(s)); re-create or re-download it.")
 
     def locate(self, rel: str) -> Optional[Locator]:
         if self.is_tar:
@@ -144,20 +213,41 @@ class SourceIndex:
         p = self.source / rel
         return Locator(str(p.resolve())) if p.is_file() else None
 
+    def problem(self, rel: str) -> Optional[str]:
+        """Why ``rel``, present in a SOURCE folder, is no readable file (a dangling link, a FIFO ...);
+        None when it is a regular file or absent."""
+        if self.is_tar:
+            return None
+        why = file_problem(self.source / rel)
+        return None if why == "no such file" else why
+
     def walk(self) -> Iterator[str]:
-        """Every non-hidden regular file, as a relative POSIX path, sorted."""
+        """Every non-hidden file (or link, FIFO ...; see :meth:`problem`), as a relative POSIX path, sorted.
+
+        Folders that cannot be listed and links to folders (not followed) become rejects.
+        """
         if self.is_tar:
             yield from sorted(self._members)
             return
         found = []
-        for root, dirs, files in os.walk(self.source):
-            dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
+
+        def unlistable(exc: OSError) -> None:
+            rel = os.path.relpath(exc.filename or self.source, self.source).replace(os.sep, "/")
+            self.rejects.append((rel, f"cannot list folder ({exc.strerror or type(exc).__name__}); skipped"))
+
+        for root, dirs, files in os.walk(self.source, onerror=unlistable):
             rel_root = os.path.relpath(root, self.source)
-            for f in files:
-                if f.startswith("."):
-                    continue
-                rel = f if rel_root == "." else f"{rel_root}/{f}".replace(os.sep, "/")
-                found.append(rel)
+
+            def rel(f: str) -> str:
+                return f if rel_root == "." else f"{rel_root}/{f}".replace(os.sep, "/")
+
+            keep = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
+            for d in keep:
+                if os.path.islink(os.path.join(root, d)):
+                    self.rejects.append((rel(d), "symbolic link to a folder; not followed (copy or link the "
+                                                 "files themselves)"))
+            dirs[:] = [d for d in keep if not os.path.islink(os.path.join(root, d))]
+            found += [rel(f) for f in files if not f.startswith(".")]
         yield from sorted(found)
 
     def record(self) -> dict:
@@ -171,7 +261,10 @@ def listing_digest(entries: list[Entry]) -> str:
     """sha256 over the sorted (id, size) pairs of the files used: changes when files are added/resized."""
     h = hashlib.sha256()
     for e in sorted(entries, key=lambda e: e.id):
-        size = e.loc.size if e.loc.offset >= 0 else os.stat(e.loc.path).st_size
+        try:
+            size = e.loc.size if e.loc.offset >= 0 else os.stat(e.loc.path).st_size
+        except OSError:  # vanished since it was listed: decoding will reject it with the reason
+            size = -1
         h.update(f"{e.id}\t{size}\n".encode())
     return h.hexdigest()
 
@@ -199,6 +292,15 @@ def _layout_root(index: SourceIndex, files: list[str]) -> str:
     )
 
 
+def _layout_file(index: SourceIndex, rel: str) -> tuple[Optional[Locator], str]:
+    """(locator, '') of a file the folder layout reads, or (None, why it is skipped)."""
+    if not is_image_name(rel):
+        return None, not_image_name_reason(rel)
+    why = index.problem(rel)
+    loc = index.locate(rel) if why is None else None
+    return loc, why or "disappeared from SOURCE while it was listed"
+
+
 def from_layout(index: SourceIndex) -> Listing:
     files = list(index.walk())
     if not files:
@@ -215,8 +317,12 @@ def from_layout(index: SourceIndex) -> Listing:
         if len(parts) < 3:
             rejects.append((rel, f"not inside a class folder of {parts[0]}/ (NORMAL/ or an abnormal class)"))
             continue
+        loc, why = _layout_file(index, rel)
+        if loc is None:
+            rejects.append((rel, why))
+            continue
         label = 0 if parts[1].lower() == "normal" else 1
-        entries.append(Entry(rel, index.locate(rel), label, LAYOUT_SPLITS[split]))
+        entries.append(Entry(rel, loc, label, LAYOUT_SPLITS[split]))
     if not entries:
         raise CxradError(f"{index.source}: the folder layout holds no image files.")
     return Listing(entries, rejects, layout=f"folder layout under '{root or '.'}'")
@@ -232,17 +338,44 @@ def _lookup(index: SourceIndex, raw: str, what: str, rejects: list,
         loc = index.locate(prefix + rel)
         if loc is not None:
             return prefix + rel, loc
-    rejects.append((rel, f"listed in {what} but not found in SOURCE"))
+    rejects.append((rel, index.problem(rel) or f"listed in {what} but not found in SOURCE"))
     return None
 
 
-def _read_csv_rows(labels: Path) -> list[dict[str, str]]:
-    """The rows of a labels CSV (header checked), or a one-line error naming the fix."""
+CSV_COLUMNS = ("path", "label", "split", "patient_id")
+
+
+def _values(row: dict) -> list[str]:
+    """Every value of a DictReader row, extra columns (key None) included."""
+    out: list[str] = []
+    for v in row.values():
+        out += v if isinstance(v, list) else [v or ""]
+    return out
+
+
+def _check_record(labels: Path, row: dict, end: int) -> int:
+    """The line a CSV record starts on (records may span lines inside quotes); refuses NUL bytes and
+    line breaks in the columns cxrad reads, the marks of an unclosed quote that swallowed rows."""
+    line = end - sum(v.count("\n") for v in _values(row))
+    if any("\0" in v for v in _values(row)):
+        raise CxradError(f"{labels}: line {line}: contains a NUL byte; file names and labels cannot hold one "
+                         "(a binary or corrupted file?).")
+    broken = [c for c in CSV_COLUMNS if "\n" in (row.get(c) or "") or "\r" in (row.get(c) or "")]
+    if broken:
+        raise CxradError(f"{labels}: line {line}: the {broken[0]} value runs over lines {line}-{end} (an unclosed "
+                         "quote swallows the rows after it); close the quote or remove it.")
+    return line
+
+
+def _read_csv_rows(labels: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line, row) of each record of a labels CSV (header checked), or a one-line error naming the fix."""
     if not labels.is_file():
         raise CxradError(f"{labels}: no such labels file; give a CSV with columns path,label[,split][,patient_id].")
+    rows: list[tuple[int, dict[str, str]]] = []
+    end = 1
     try:
         with open(labels, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, strict=True)
             cols = [c.strip() for c in (reader.fieldnames or [])]
             reader.fieldnames = cols
             missing = [c for c in ("path", "label") if c not in cols]
@@ -250,12 +383,18 @@ def _read_csv_rows(labels: Path) -> list[dict[str, str]]:
                 raise CxradError(f"{labels}: missing column(s) {', '.join(missing)} (header has: "
                                  f"{', '.join(cols) or 'nothing'}); the header must be "
                                  "path,label[,split][,patient_id].")
-            rows = list(reader)
+            end = reader.line_num
+            for row in reader:
+                rows.append((_check_record(labels, row, reader.line_num), row))
+                end = reader.line_num
     except UnicodeDecodeError:
         raise CxradError(f"{labels}: not a UTF-8 text CSV; save it as UTF-8 CSV with columns "
                          "path,label[,split].") from None
     except csv.Error as exc:
-        raise CxradError(f"{labels}: malformed CSV ({exc}); fix the file.") from None
+        if "end of data" in str(exc):
+            raise CxradError(f"{labels}: line {end + 1}: a quote opened on this line is never closed (csv: {exc}); "
+                             "close it or remove it.") from None
+        raise CxradError(f"{labels}: line {end + 1}: malformed CSV ({exc}); fix the file.") from None
     if not rows:
         raise CxradError(f"{labels}: has a header but no rows; list one image per row.")
     return rows
@@ -283,7 +422,7 @@ def from_csv(index: SourceIndex, labels: Path) -> Listing:
     rows = _read_csv_rows(labels)
     seen: dict[str, int] = {}
     entries, rejects = [], []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         raw = (row.get("path") or "").strip()
         if not raw:
             raise CxradError(f"{labels}: line {line}: empty path; every row needs a path relative to SOURCE.")
@@ -302,26 +441,79 @@ def from_csv(index: SourceIndex, labels: Path) -> Listing:
     return Listing(entries, rejects, layout=f"labels CSV {labels.name}")
 
 
+SPLIT_FILE_FORMAT = '{"train": {"0": [...], "unlabeled": {"0": [...], "1": [...]}}, "test": {"0": [...], "1": [...]}}'
+# table -> its keys: (key, set name, label); "unlabeled" is a table of its own
+SPLIT_FILE_TABLES = {"train": (("0", "normal", 0), ("unlabeled", "", -1)),
+                     "train/unlabeled": (("0", "unlabeled", 0), ("1", "unlabeled", 1)),
+                     "test": (("0", "test", 0), ("1", "test", 1)),
+                     "val": (("0", "val", 0), ("1", "val", 1))}
+
+
+def _split_file_error(split_file: Path, why: str) -> CxradError:
+    return CxradError(f"{split_file}: not a benchmark split file ({why}); expected {SPLIT_FILE_FORMAT}.")
+
+
+def _split_table(split_file: Path, spec: dict, key: str) -> list[tuple[str, int, str, list]]:
+    """(set, label, key path, names) of one table of a data.json (its unknown keys are refused)."""
+    obj = spec
+    for part in key.split("/"):
+        obj = obj[part]
+    if not isinstance(obj, dict):
+        raise _split_file_error(split_file, f"key {key} holds a {type(obj).__name__}, not an object")
+    known = {k for k, _, _ in SPLIT_FILE_TABLES[key]}
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise _split_file_error(split_file, f"unknown key {key}/{unknown[0]}; {key} holds only "
+                                            f"{' and '.join(repr(k) for k in sorted(known))}")
+    return [(name, label, f"{key}/{k}", obj[k]) for k, name, label in SPLIT_FILE_TABLES[key] if name and k in obj]
+
+
+def _split_groups(split_file: Path, spec: Any) -> list[tuple[str, int, str, list]]:
+    """Every (set, label, key path, names) group of a data.json, checked: nothing in it is ignored."""
+    if not isinstance(spec, dict):
+        raise _split_file_error(split_file, f"the top level is a {type(spec).__name__}, not an object")
+    unknown = sorted(set(spec) - {"train", "test", "val"})
+    if unknown or "train" not in spec:
+        raise _split_file_error(split_file, f"unknown top-level key {unknown[0]!r}" if unknown else 'no "train" key')
+    groups = []
+    for key in SPLIT_FILE_TABLES:
+        if key.split("/")[0] in spec and (key != "train/unlabeled" or "unlabeled" in spec["train"]):
+            groups += _split_table(split_file, spec, key)
+    if "0" not in spec["train"]:
+        raise _split_file_error(split_file, 'no "train": {"0": [...]} (the normal images)')
+    for _, _, key, names in groups:
+        if not isinstance(names, list):
+            raise _split_file_error(split_file, f"key {key} holds a {type(names).__name__}, not a list of file names")
+        for i, name in enumerate(names):
+            why = _bad_name(name)
+            if why:
+                raise CxradError(f"{split_file}: {key}[{i}]: {why}; list file names relative to SOURCE.")
+    return groups
+
+
+def _bad_name(name: Any) -> str:
+    """Why ``name`` cannot be a file name ('' when it can)."""
+    if not isinstance(name, str):
+        return f"holds {type(name).__name__} {name!r}, not a file name"[:200]
+    if "\0" in name:
+        return "contains a NUL byte"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired UTF-16 surrogate escape"
+    return "" if name.strip() else "empty file name"
+
+
 def from_split_file(index: SourceIndex, split_file: Path) -> Listing:
     if not split_file.is_file():
         raise CxradError(f"{split_file}: no such split file; give the data.json of the authors' benchmark.")
     try:
         spec = json.loads(split_file.read_text(encoding="utf-8"))
-        groups = [
-            ("normal", 0, spec["train"]["0"]),
-            ("unlabeled", 0, spec["train"].get("unlabeled", {}).get("0", [])),
-            ("unlabeled", 1, spec["train"].get("unlabeled", {}).get("1", [])),
-        ]
-        for name in ("test", "val"):
-            for lab in ("0", "1"):
-                if name in spec:
-                    groups.append((name, int(lab), spec[name].get(lab, [])))
-        if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for _, _, v in groups):
-            raise TypeError("lists of file names expected")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise CxradError(f"{split_file}: not a benchmark split file ({type(exc).__name__}: {exc}); expected "
-                         '{"train": {"0": [...], "unlabeled": {"0": [...], "1": [...]}}, '
-                         '"test": {"0": [...], "1": [...]}}.') from None
+    except RecursionError:
+        raise _split_file_error(split_file, "nested too deeply") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _split_file_error(split_file, f"{type(exc).__name__}: {exc}") from None
+    groups = [(name, label, names) for name, label, _, names in _split_groups(split_file, spec)]
     seen: set[str] = set()
     entries, rejects = [], []
     for split, label, names in groups:

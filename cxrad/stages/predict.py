@@ -38,15 +38,13 @@ from cxrad.devices import device_name, resolve_device
 from cxrad.errors import CxradError
 from cxrad.io.decode import decode_all, default_workers
 from cxrad.io.preprocess import config_from_parameters
-from cxrad.io.sources import Entry, Locator
+from cxrad.io.sources import Entry, Locator, file_problem, is_image_name
 from cxrad.methods.base import Method, Scorer
 from cxrad.metrics import is_abnormal, normal_threshold
 from cxrad.runs import RunInfo, open_run
 from cxrad.scores import ScoredImages, decision_score, spec_of
 from cxrad.scoring import artifact_records, method_of, score_split
 from cxrad.thresholds import MIN_HELD_OUT_NORMALS, describe, normal_rows, threshold_split
-
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ""}
 
 
 @dataclass
@@ -59,25 +57,43 @@ class PredictResult:
     threshold_source: str = ""
 
 
-def collect_inputs(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files and folders (recursively: DICOM/PNG/JPEG and extension-less files) in a stable order.
+def _scan_folder(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files under ``folder`` (names as `prepare` reads them: cxrad.io.sources.is_image_name),
+    and a reject for every dangling link, link loop, FIFO or other non-file among them."""
+    found, rejects = [], []
+    for f in sorted(folder.rglob("*")):
+        if f.name.startswith(".") or f.is_dir():
+            continue
+        why = file_problem(f)
+        if why:
+            rejects.append((str(f), why))
+        elif is_image_name(f.name):
+            found.append(f)
+    if not found:
+        rejects.append((str(folder), "folder holds no DICOM/PNG/JPEG files"))
+    return found, rejects
 
-    A path that does not exist is a reject, not an error: the rest of the archive is still scored.
+
+def collect_inputs(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files and folders (recursively: DICOM, PNG, JPEG ... and extension-less files) in a stable order.
+
+    A path that does not exist, or is no regular file (a dangling link, a FIFO ...), is a reject, not an
+    error: the rest of the archive is still scored.
     """
     files: list[Path] = []
     rejects: list[tuple[str, str]] = []
     for p in inputs:
         p = Path(p)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                rejects.append((str(p), "folder holds no DICOM/PNG/JPEG files"))
+            found, odd = _scan_folder(p)
             files.extend(found)
-        elif p.is_file():
-            files.append(p)
+            rejects.extend(odd)
+            continue
+        why = file_problem(p)
+        if why:
+            rejects.append((str(p), "no such file or folder" if why == "no such file" else why))
         else:
-            rejects.append((str(p), "no such file or folder"))
+            files.append(p)
     seen: set[Path] = set()
     unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
     return unique, rejects
