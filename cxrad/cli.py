@@ -110,6 +110,9 @@ def prepare(
     store_dtype: str = typer.Option(PREPARE.store_dtype, "--store-dtype", help="float16 | uint8"),
     workers: Optional[int] = typer.Option(PREPARE.workers, "--workers", help="Decoding processes [default: usable "
                                                                              "CPUs]."),
+    max_megapixels: float = typer.Option(PREPARE.max_megapixels, "--max-megapixels",
+                                         help="Largest image decoded, in megapixels (bounds memory): larger JPEGs "
+                                              "are decoded at 1/2, 1/4 or 1/8 scale, other files rejected."),
     normal_count: Optional[int] = typer.Option(PREPARE.normal_count, "--normal-count", help="Dn size."),
     unlabeled_count: Optional[int] = typer.Option(PREPARE.unlabeled_count, "--unlabeled-count", help="Du size."),
     anomaly_rate: Optional[float] = typer.Option(PREPARE.anomaly_rate, "--anomaly-rate", help="Share of abnormal "
@@ -127,9 +130,9 @@ def prepare(
 
     cfg = PrepareConfig(size=size, intensity=intensity, percentiles=tuple(percentiles), crop=crop,
                         voi_lut=not no_voi_lut, allow_modality=tuple(allow_modality), store_dtype=store_dtype,
-                        workers=workers, normal_count=normal_count, unlabeled_count=unlabeled_count,
-                        anomaly_rate=anomaly_rate, test_fraction=test_fraction, val_normals=val_normals,
-                        seed=seed)
+                        workers=workers, max_megapixels=max_megapixels, normal_count=normal_count,
+                        unlabeled_count=unlabeled_count, anomaly_rate=anomaly_rate, test_fraction=test_fraction,
+                        val_normals=val_normals, seed=seed)
     typer.echo(run_prepare(source, out, cfg, labels=labels, split_file=split_file, force=force))
 
 

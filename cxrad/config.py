@@ -139,6 +139,9 @@ class PrepareConfig(StageConfig):
     allow_modality: tuple[str, ...] = ()  # extra DICOM modalities accepted besides CR/DX/DR/RG/XA
     store_dtype: Literal["float16", "uint8"] = "float16"  # uint8: scale 1/255 recorded
     workers: Optional[int] = operational(None)  # decoding processes; None = CPUs this process may use
+    max_megapixels: float = operational(50.0)  # bound on decoded pixels per file (memory): larger JPEGs are
+                                        # decoded at 1/2, 1/4 or 1/8 scale, other files rejected; files
+                                        # within it decode the same whatever its value
     # split building (used when the input does not name Dn/Du directly)
     normal_count: Optional[int] = None
     unlabeled_count: Optional[int] = None
@@ -156,6 +159,7 @@ class PrepareConfig(StageConfig):
         if not 0 <= lo < hi <= 100:
             raise CxradError(f"--percentiles {lo} {hi}: need 0 <= low < high <= 100.")
         at_least(self, 1, "workers")
+        in_range(self, "max_megapixels", 0.0, 10_000.0, lo_open=True)
         at_least(self, 0, "normal_count", "unlabeled_count", "val_normals")
         in_range(self, "anomaly_rate", 0.0, 1.0)
         in_range(self, "test_fraction", 0.0, 1.0, hi_open=True)

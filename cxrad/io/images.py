@@ -22,10 +22,11 @@ def load_image(data: bytes, name: str, cfg: Any) -> tuple[np.ndarray, dict[str, 
     """
     if len(data) == 0:
         raise RejectedImage("empty file (0 bytes)")
+    max_pixels = int(cfg.max_megapixels * 1e6)
     if is_dicom(data, name):
-        img, prov = decode_dicom(data, cfg.allow_modality, cfg.voi_lut)
+        img, prov = decode_dicom(data, cfg.allow_modality, cfg.voi_lut, max_pixels)
     else:
-        img, prov = decode_raster(data)
+        img, prov = decode_raster(data, max_pixels)
     if img.size == 0:
         raise RejectedImage("image has no pixels")
     if not np.isfinite(img).all():

@@ -77,6 +77,7 @@ def parameters(cfg: Any) -> dict[str, Any]:
             "allow_modality": list(cfg.allow_modality),
         },
         "store_dtype": cfg.store_dtype,
+        "max_megapixels": cfg.max_megapixels,
     }
 
 
@@ -89,4 +90,5 @@ def config_from_parameters(params: dict[str, Any]) -> Any:
     return PrepareConfig(size=int(params["size"]), intensity=params["intensity"],
                          percentiles=tuple(params["percentiles"]), crop=params["crop"],
                          voi_lut=bool(dicom.get("voi_lut", True)),
-                         allow_modality=tuple(dicom.get("allow_modality", ())))
+                         allow_modality=tuple(dicom.get("allow_modality", ())),
+                         **({"max_megapixels": float(params["max_megapixels"])} if "max_megapixels" in params else {}))

@@ -9,7 +9,7 @@ abnormal files are RGB. 16-bit files keep all their bits until the [0, 1] scalin
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -19,6 +19,8 @@ from cxrad.errors import CxradError
 # ITU-R BT.601, as PIL's "L". Applied in float64 so equal channels v give exactly v once cast to float32.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 Image.MAX_IMAGE_PIXELS = 400_000_000  # radiographs are large; still guard against decompression bombs
+LUMA_BLOCK_PIXELS = 1 << 18            # pixels converted to luma at a time
+JPEG_DRAFT_SCALES = (2, 4, 8)          # libjpeg decodes at these reductions directly (DCT scaling)
 
 
 class RejectedImage(CxradError):
@@ -31,16 +33,50 @@ def to_gray(arr: np.ndarray) -> np.ndarray:
     if a.ndim == 2:
         return a.astype(np.float32)
     if a.ndim == 3 and a.shape[2] in (3, 4):
-        return (a[..., :3].astype(np.float64) @ LUMA).astype(np.float32)
+        # by blocks of rows: the float64 temporaries stay small (24 bytes per pixel for the whole image
+        # otherwise); the numbers are the same as one product over the whole image
+        out = np.empty(a.shape[:2], dtype=np.float32)
+        step = max(1, LUMA_BLOCK_PIXELS // max(1, a.shape[1]))
+        for r in range(0, a.shape[0], step):
+            out[r:r + step] = a[r:r + step, :, :3].astype(np.float64) @ LUMA
+        return out
     if a.ndim == 3 and a.shape[2] in (1, 2):  # gray (+ alpha)
         return a[..., 0].astype(np.float32)
     raise RejectedImage(f"unsupported pixel layout {a.shape}")
 
 
-def decode_raster(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode PNG/JPEG/other Pillow formats. Returns ((H, W) float32, provenance)."""
+def pixel_limit_reason(width: int, height: int, max_pixels: int) -> str:
+    """The reject reason of an image above the pixel limit (PrepareConfig.max_megapixels)."""
+    return (f"image of {width} x {height} = {width * height / 1e6:.1f} megapixels is above the limit of "
+            f"{max_pixels / 1e6:g} megapixels (--max-megapixels); not decoded")
+
+
+def _fit_pixel_limit(im: Image.Image, max_pixels: int) -> None:
+    """Before loading: decode a JPEG above ``max_pixels`` at 1/2, 1/4 or 1/8 scale (the least reduction that
+    fits); refuse any other image above it. Images within the limit are decoded in full."""
+    width, height = im.size
+    if width * height <= max_pixels:
+        return
+    for scale in JPEG_DRAFT_SCALES if im.format in ("JPEG", "MPO") else ():
+        if -(-width // scale) * -(-height // scale) <= max_pixels:
+            request = (max(1, width // scale), max(1, height // scale))
+            if im.draft(None, request) is not None and im.size[0] * im.size[1] <= max_pixels:
+                return
+            break
+    raise RejectedImage(pixel_limit_reason(width, height, max_pixels))
+
+
+def decode_raster(data: bytes, max_pixels: Optional[int] = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode PNG/JPEG/other Pillow formats. Returns ((H, W) float32, provenance).
+
+    ``max_pixels`` bounds the decoded size (and so the memory): it is checked on the header, before
+    any pixel is decoded (:func:`_fit_pixel_limit`).
+    """
     try:
         with Image.open(io.BytesIO(data)) as im:
+            original = (im.size[1], im.size[0])
+            if max_pixels:
+                _fit_pixel_limit(im, max_pixels)
             im.load()
             fmt, mode = im.format or "", im.mode
             if mode == "P":  # palette: expand through the palette, then the common colour path
@@ -50,6 +86,8 @@ def decode_raster(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
             elif mode == "1":
                 im = im.convert("L")
             arr = np.asarray(im)
+    except RejectedImage:
+        raise
     except UnidentifiedImageError:
         raise RejectedImage("not an image (unrecognised file format)") from None
     except Image.DecompressionBombError as exc:
@@ -67,6 +105,6 @@ def decode_raster(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         "photometric": mode,
         "bits_stored": bits,
         "transfer_syntax": fmt,
-        "original_shape": arr.shape[:2],
+        "original_shape": original,
     }
     return to_gray(arr), prov
