@@ -73,7 +73,22 @@ def _assign(entries: list[Entry], ok: np.ndarray, cfg: PrepareConfig, *, dry: bo
                         pool_name="the training pool" + (" (before decoding)" if dry else ""))
         for name, idx in chosen.items():
             out[name].extend(pool_sorted[idx].tolist())
+    if not out["normal"]:
+        _no_normal_set(entries, ok, bool(pool))
     return {k: np.array(sorted(v, key=lambda i: entries[i].id), dtype=np.int64) for k, v in out.items() if v}
+
+
+def _no_normal_set(entries: list[Entry], ok: np.ndarray, pooled: bool) -> None:
+    """Refuse a prepared folder without Dn: every method trains on the normal set."""
+    named = [e.id for e in entries if e.split == "normal"]
+    unread = [e.id for i, e in enumerate(entries) if e.split == "normal" and not ok[i]]
+    if named:
+        why = f"none of the {len(named)} images named for it (split normal) could be read (first: {unread[0]})"
+    elif pooled:
+        why = "the split request leaves it no image; raise --normal-count"
+    else:
+        why = "the labels name no image for it (no row with split normal)"
+    raise CxradError(f"Dn, the normal training set, would be empty: {why}")
 
 
 def _image_sets(entries: list[Entry], images: list, info: list, chosen: dict[str, np.ndarray]) -> dict[str, ImageSet]:
