@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
 import platform
+import re
 import socket
 import time
 from pathlib import Path
@@ -53,25 +55,100 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+# errno -> (what happened, what to do) for the OSErrors the environment causes, never a bug of cxrad
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: ("no space left on device writing {path}", "free space there or choose another output folder"),
+    errno.EDQUOT: ("disk quota exceeded writing {path}", "free space there or choose another output folder"),
+    errno.EROFS: ("read-only file system: cannot write {path}", "choose an output folder on a writable file system"),
+    errno.EACCES: ("permission denied: {path}", "fix its permissions or choose another path"),
+    errno.EPERM: ("operation not permitted: {path}", "fix its permissions or choose another path"),
+    errno.ENOTDIR: ("{path}: {blocker} is a file, not a folder", "choose another path"),
+    errno.ENAMETOOLONG: ("{path}: file name too long", "choose a shorter path"),
+}
+
+
+def _regular_file_on_path(path: Path) -> Path:
+    """The first component of ``path`` that exists and is not a folder (ENOTDIR's cause)."""
+    for part in reversed([path, *path.parents]):
+        if part.exists() and not part.is_dir():
+            return part
+    return path.parent
+
+
+def os_error(exc: OSError, path: str | os.PathLike | None = None) -> CxradError | None:
+    """The one-line :class:`CxradError` for an OSError the environment causes (disk full, read-only
+    file system, permissions, a file where a folder is expected), naming ``path`` (default: the
+    error's file name); None for any other OSError. h5py's errors carry the errno in their text."""
+    code = exc.errno
+    if code is None and (found := re.search(r"errno = (\d+)", str(exc))):
+        code = int(found.group(1))
+    if code not in _ENVIRONMENT_ERRORS:
+        return None
+    where = Path(path if path is not None else (exc.filename or "?"))
+    what, fix = _ENVIRONMENT_ERRORS[code]
+    blocker = _regular_file_on_path(where) if code == errno.ENOTDIR else None
+    return CxradError(f"{what.format(path=where, blocker=blocker)}; {fix}.")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it onto ``path``.
 
     The temporary file lives in the same folder so ``os.replace`` is atomic. On any exception the
-    temporary file is removed and ``path`` is untouched.
+    temporary file is removed and ``path`` is untouched; a full disk, a read-only file system and
+    the like become one CxradError line naming ``path`` (:func:`os_error`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        err = os_error(exc, path)
+        if err is None:
+            raise
+        raise err from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # an earlier process with our pid (containers reuse them): we have not written yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, owned by someone else
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete the temporary files (``.NAME.<pid>.tmp``, :func:`atomic_path`) that killed processes left
+    in ``folder``: those whose process is not alive on this host; only NAMEs in ``names`` when given
+    (a folder shared by processes on several hosts). Call it before writing into ``folder``.
+    Returns the deleted paths."""
+    folder = Path(folder)
+    wanted = set(names) if names is not None else None
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in folder.iterdir():
+            m = _TEMPORARY.match(p.name)
+            if not m or (wanted is not None and m["name"] not in wanted) or _pid_alive(int(m["pid"])):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -92,12 +169,77 @@ def write_csv_atomic(path: str | os.PathLike, header: list[str], rows: Iterable[
     write_bytes_atomic(path, buf.getvalue().encode())
 
 
-def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a kill never leaves half a file."""
+CONTENT_DIGEST = "content_sha256"   # key of a checksummed torch file: the digest of everything else in it
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 over a (nested) dict/list of tensors and plain values, in their order: what
+    :func:`save_torch_atomic` stores with ``checksum=True`` and :func:`load_torch` recomputes."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    h = hashlib.sha256()
+
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{key}/{k!r}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{key}/{i}", v)
+        elif isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{key}:{t.dtype}:{tuple(value.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(f"{key}={value!r}".encode())
+
+    walk("", obj)
+    return h.hexdigest()
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike, *, checksum: bool = False) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a kill never leaves half a file.
+
+    Serialised in memory first: torch reports a failed write (disk full) without its cause, a plain
+    write gives the errno, hence one line naming the file (:func:`atomic_path`). ``checksum``: the
+    dict ``obj`` is stored with its :func:`content_digest` (torch checks no checksum when it loads),
+    so :func:`load_torch` refuses a file overwritten in place; for files no manifest describes,
+    such as training checkpoints.
+    """
+    import torch
+
+    if checksum:
+        obj = {**obj, CONTENT_DIGEST: content_digest(obj)}
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getbuffer())
+
+
+def load_torch(path: str | os.PathLike, *, fix: str, map_location: Any = "cpu", sha256: str | None = None) -> Any:
+    """``torch.load(weights_only=True)`` of a file cxrad wrote. A missing, truncated or overwritten
+    file is one CxradError line naming it and ``fix`` (never torch's advice to load unsafely).
+
+    Overwritten content is found by ``sha256`` (the file's digest recorded in a manifest) or by the
+    content digest a checksummed file carries (:func:`save_torch_atomic`), which is removed.
+    """
+    import torch
+
+    damaged = f"{path}: damaged (cannot be read: truncated or overwritten); {fix}"
+    try:
+        if sha256 is not None and sha256_file(path) != sha256:
+            raise CxradError(f"{path}: damaged (its content differs from the digest in the manifest); {fix}")
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CxradError(f"{path}: missing; {fix}") from None
+    except CxradError:
+        raise
+    except Exception:  # truncated zip, bad pickle, overwritten bytes: all mean the file is damaged
+        raise CxradError(damaged) from None
+    if isinstance(obj, dict) and CONTENT_DIGEST in obj:
+        want = obj.pop(CONTENT_DIGEST)
+        if content_digest(obj) != want:
+            raise CxradError(f"{path}: damaged (its content differs from the digest it was saved with); {fix}")
+    return obj
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -262,6 +404,8 @@ def begin_output(folder: str | os.PathLike, kind: str, config: Any, *, force: bo
         raise CxradError(f"{folder}: exists and is a file; choose another output path.")
     if mpath.is_file():
         if force:
+            # marked as ours before the manifest goes: a killed rewrite is redone without --force
+            (folder / PARTIAL_MARKER).touch()
             mpath.unlink()
             return True
         try:

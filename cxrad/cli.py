@@ -336,6 +336,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
+    except OSError as exc:
+        # a full disk, a read-only file system, a file where a folder should be: one line, not a traceback
+        from cxrad.artifacts import os_error
+
+        err = os_error(exc)
+        if err is None:
+            raise
+        typer.echo(f"cxrad: error: {err}", err=True)
+        sys.exit(err.exit_code)
     except Exception as exc:
         # Click's usage errors (unknown option, bad value). Matched by shape, not by class:
         # typer < 0.20 raises click's classes, newer typer raises its vendored copies.
