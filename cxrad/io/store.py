@@ -11,26 +11,31 @@ Layout (one group per set; ``normal`` = Dn, ``unlabeled`` = Du, ``test`` = Dt, `
                       {bits_stored} (N,) int16, {original_shape} (N, 2) int32
     /rejects/{path, reason} (M,) str
 
-Chunks hold one image, so reading a subset touches only its images.
+Chunks hold one image, so reading a subset touches only its images. Image chunks carry fletcher32
+checksums: an overwritten chunk raises on read (cxrad/io/h5files.py), and every read error of the
+file becomes one line naming it and the fix (re-run `cxrad prepare --force`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
-from cxrad.artifacts import atomic_path, read_manifest
+from cxrad.artifacts import read_manifest
 from cxrad.errors import CxradError
+from cxrad.io.h5files import CHECKSUM, create_h5, members, open_h5
 
 DATA_FILE = "data.h5"
 SET_NAMES = ("normal", "unlabeled", "test", "val")
 PROVENANCE_STR = ("modality", "photometric", "transfer_syntax")
 _STR = h5py.string_dtype(encoding="utf-8")
+_REDO = "re-create it with `cxrad prepare SOURCE --out {folder} --force` (the options it was made with)."
 
 
 @dataclass
@@ -57,50 +62,58 @@ def write_prepared_h5(
     preprocessing: dict[str, Any],
     store_dtype: str = "float16",
 ) -> None:
-    """Write ``data.h5`` atomically (temp file + fsync + rename)."""
+    """Write ``data.h5`` atomically (temp file + fsync + rename), images and labels checksummed."""
     if store_dtype not in ("float16", "uint8"):
         raise CxradError(f"store dtype {store_dtype!r}: use float16 or uint8.")
     size = next((s.images.shape[1] for s in sets.values() if len(s)), int(preprocessing.get("size", 0)))
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs["schema_version"] = 1
-            h5.attrs["preprocessing"] = json.dumps(preprocessing, sort_keys=True)
-            h5.attrs["image_size"] = size
-            for name, s in sets.items():
-                g = h5.create_group(name)
-                n = len(s)
-                imgs = np.asarray(s.images, dtype=np.float32).reshape(n, size, size)
-                if store_dtype == "uint8":
-                    data = np.clip(np.rint(imgs * 255.0), 0, 255).astype(np.uint8)
-                    scale = 1.0 / 255.0
+    with create_h5(path) as h5:
+        h5.attrs["schema_version"] = 1
+        h5.attrs["preprocessing"] = json.dumps(preprocessing, sort_keys=True)
+        h5.attrs["image_size"] = size
+        for name, s in sets.items():
+            g = h5.create_group(name)
+            n = len(s)
+            imgs = np.asarray(s.images, dtype=np.float32).reshape(n, size, size)
+            if store_dtype == "uint8":
+                data = np.clip(np.rint(imgs * 255.0), 0, 255).astype(np.uint8)
+                scale = 1.0 / 255.0
+            else:
+                data = imgs.astype(np.float16)
+                scale = 1.0
+            ds = g.create_dataset("images", data=data, chunks=(1, size, size) if n else None,
+                                  **(CHECKSUM if n else {}))
+            ds.attrs["scale"] = scale
+            g.create_dataset("labels", data=np.asarray(s.labels, dtype=np.int8).reshape(n),
+                             **(CHECKSUM if n else {}))
+            g.create_dataset("ids", data=np.array(s.ids, dtype=object), dtype=_STR)
+            g.create_dataset("source_paths", data=np.array(s.source_paths, dtype=object), dtype=_STR)
+            pg = g.create_group("provenance")
+            for key, values in s.provenance.items():
+                arr = np.asarray(values)
+                if key in PROVENANCE_STR or arr.dtype.kind in ("U", "O"):
+                    pg.create_dataset(key, data=np.array([str(v) for v in values], dtype=object), dtype=_STR)
                 else:
-                    data = imgs.astype(np.float16)
-                    scale = 1.0
-                ds = g.create_dataset("images", data=data, chunks=(1, size, size) if n else None)
-                ds.attrs["scale"] = scale
-                g.create_dataset("labels", data=np.asarray(s.labels, dtype=np.int8).reshape(n))
-                g.create_dataset("ids", data=np.array(s.ids, dtype=object), dtype=_STR)
-                g.create_dataset("source_paths", data=np.array(s.source_paths, dtype=object), dtype=_STR)
-                pg = g.create_group("provenance")
-                for key, values in s.provenance.items():
-                    arr = np.asarray(values)
-                    if key in PROVENANCE_STR or arr.dtype.kind in ("U", "O"):
-                        pg.create_dataset(key, data=np.array([str(v) for v in values], dtype=object), dtype=_STR)
-                    else:
-                        pg.create_dataset(key, data=arr)
-            rg = h5.create_group("rejects")
-            rg.create_dataset("path", data=np.array([r[0] for r in rejects], dtype=object), dtype=_STR)
-            rg.create_dataset("reason", data=np.array([r[1] for r in rejects], dtype=object), dtype=_STR)
+                    pg.create_dataset(key, data=arr)
+        rg = h5.create_group("rejects")
+        rg.create_dataset("path", data=np.array([r[0] for r in rejects], dtype=object), dtype=_STR)
+        rg.create_dataset("reason", data=np.array([r[1] for r in rejects], dtype=object), dtype=_STR)
 
 
 def data_path(folder: str | Path) -> Path:
     return Path(folder) / DATA_FILE
 
 
-def open_prepared(folder: str | Path) -> h5py.File:
-    """Open a prepared artifact's ``data.h5`` read-only after checking its manifest."""
+@contextlib.contextmanager
+def open_prepared(folder: str | Path) -> Iterator[h5py.File]:
+    """A prepared artifact's ``data.h5``, read-only, after checking its manifest (use with ``with``).
+
+    Reading a damaged file (a clobbered superblock, an image chunk whose checksum fails) inside the
+    ``with`` block raises one line naming the file and the fix.
+    """
     read_manifest(folder, "prepared")
-    return h5py.File(data_path(folder), "r")
+    path = data_path(folder)
+    with open_h5(path, _REDO.format(folder=Path(folder))) as h5:
+        yield h5
 
 
 def split_names(folder: str | Path) -> list[str]:
@@ -114,7 +127,9 @@ def load_split(folder: str | Path, split: str) -> ImageSet:
         if split not in h5:
             have = ", ".join(n for n in SET_NAMES if n in h5) or "none"
             raise CxradError(f"{folder}: prepared data has no '{split}' set (it has: {have}).")
-        return _read_set(h5[split])
+        images = _read_set(h5[split])
+    _check_pixels(folder, split, images.images)
+    return images
 
 
 def load_labels(folder: str | Path, split: str) -> np.ndarray:
@@ -129,7 +144,7 @@ def load_labels(folder: str | Path, split: str) -> np.ndarray:
 def _read_set(g: h5py.Group) -> ImageSet:
     ds = g["images"]
     images = ds[...].astype(np.float32) * np.float32(ds.attrs.get("scale", 1.0))
-    prov = {k: (v.asstr()[...] if v.dtype.kind == "O" else v[...]) for k, v in g["provenance"].items()}
+    prov = {k: (v.asstr()[...] if v.dtype.kind == "O" else v[...]) for k, v in members(g["provenance"])}
     return ImageSet(
         images=images,
         labels=g["labels"][...].astype(np.int8),
@@ -137,6 +152,14 @@ def _read_set(g: h5py.Group) -> ImageSet:
         source_paths=list(g["source_paths"].asstr()[...]),
         provenance=prov,
     )
+
+
+def _check_pixels(folder: str | Path, split: str, images: np.ndarray) -> None:
+    """Refuse pixels outside [0, 1] (NaN included): an overwritten file written before checksums."""
+    # min and max are NaN when any pixel is: no temporary array of the size of the images
+    if images.size and not (images.min() >= 0.0 and images.max() <= 1.0):
+        raise CxradError(f"{data_path(folder)}: damaged ('{split}' holds pixels outside [0, 1] or NaN); "
+                         f"{_REDO.format(folder=Path(folder))}")
 
 
 def preprocessing_of(folder: str | Path) -> dict[str, Any]:
