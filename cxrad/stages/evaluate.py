@@ -21,6 +21,7 @@ from cxrad.artifacts import (
     begin_output,
     finish_output,
     is_valid,
+    remove_stale_temporaries,
     write_bytes_atomic,
     write_csv_atomic,
     write_json_atomic,
@@ -78,6 +79,7 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
     if not begin_output(out, "eval", cfg, force=force):
         progress.log(f"cxrad evaluate: {out} is up to date.")
         return json.loads((out / "metrics.json").read_text())
+    remove_stale_temporaries(out)  # what a killed earlier run left half-written
 
     source = SplitScores(info, method, device, records, "cxrad evaluate")
     test = source.split(cfg.split)

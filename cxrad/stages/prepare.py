@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from cxrad import progress
-from cxrad.artifacts import begin_output, finish_output, write_manifest
+from cxrad.artifacts import begin_output, finish_output, remove_stale_temporaries, write_manifest
 from cxrad.config import PrepareConfig
 from cxrad.errors import CxradError
 from cxrad.io.decode import decode_all, default_workers
@@ -136,8 +136,7 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig, labels: Optional[Path] 
     if not begin_output(out, "prepared", record, force=force):
         progress.log(f"{out}: already prepared with this configuration; nothing to do (use --force to redo).")
         return out
-    for stale in out.glob(".*.tmp"):  # temp files of a killed earlier run
-        stale.unlink(missing_ok=True)
+    remove_stale_temporaries(out)  # what a killed earlier run left half-written
     for path, reason in listing.rejects:
         progress.log(f"rejected {path}: {reason}")
     t_list = time.monotonic()

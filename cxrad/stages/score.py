@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from cxrad import progress
-from cxrad.artifacts import begin_output, finish_output, input_record, write_manifest
+from cxrad.artifacts import begin_output, finish_output, input_record, remove_stale_temporaries, write_manifest
 from cxrad.config import ScoreConfig
 from cxrad.devices import device_name, resolve_device
 from cxrad.errors import CxradError
@@ -49,6 +49,7 @@ def score(run: Path, cfg: ScoreConfig, force: bool = False) -> Path:
     if not begin_output(out, "maps", cfg, force=force):
         progress.log(f"cxrad score: {out} is up to date.")
         return out
+    remove_stale_temporaries(out)  # what a killed earlier run left half-written
     scorer = method.load_scorer(info, device)
     t0 = time.perf_counter()
     timings, counts = {}, {}

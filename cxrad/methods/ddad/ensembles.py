@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from cxrad.artifacts import load_torch
 from cxrad.errors import CxradError
 from cxrad.methods.ddad.discrepancy import discrepancy_maps
 from cxrad.runs import RunInfo
@@ -72,18 +73,22 @@ def load_module(run: RunInfo, module: str, device: torch.device | str = "cpu"):
     """The frozen BatchedEnsemble of ``module`` ("ndm" or "udm") of a finished run, in eval mode.
 
     Calling it on x (B, 1, H, W) in [-1, 1] gives reconstructions (K, B, 1, H, W), or for AE-U a
-    (mean, logvar) pair of such tensors. Weights are read with ``torch.load(weights_only=True)``.
+    (mean, logvar) pair of such tensors. Weights are read with ``torch.load(weights_only=True)``, after
+    their sha256 is checked against the ensemble manifest (a damaged file is one line naming it).
     """
     from cxrad.methods.ddad.ensemble import BatchedEnsemble
 
-    read_ensemble(run)  # one line naming the step when the ensemble is unfinished (read once per run)
+    outputs = read_ensemble(run).get("outputs", {})  # one line naming the step when unfinished (read once per run)
     cfg = run.config
     if module not in cfg["modules"]:
         raise CxradError(
             f"{run.root}: the run has no {module} ensemble (it trained {', '.join(cfg['modules'])}); "
             f"train it with `cxrad train-ensemble PREPARED --run {run.root} --module both`."
         )
-    states = [torch.load(run.layout.member_weights(module, i), map_location="cpu", weights_only=True)
+    states = [load_torch(run.layout.member_weights(module, i),
+                         sha256=outputs.get(f"{module}/member-{i}.pt", {}).get("sha256"),
+                         fix=f"retrain it with `cxrad train-ensemble {run.prepared} --run {run.root} --member {i} "
+                             "--force`.")
               for i in range(cfg["members"])]
     ens = BatchedEnsemble(cfg["backbone"], cfg["members"], cfg["image_size"], cfg["latent_dim"],
                           cfg["memory_items"], cfg["shrink_threshold"])

@@ -39,6 +39,11 @@ def refiners(run: RunInfo) -> dict[str, Path]:
     return {f"R_{m}": run.layout.refine(m) for m in REFINE_INPUTS if run.has_artifact(run.layout.refine(m), "refine")}
 
 
+def _digest(manifest: dict[str, Any], name: str) -> str | None:
+    """The sha256 a manifest records for one of its output files (None when it records none)."""
+    return manifest.get("outputs", {}).get(name, {}).get("sha256")
+
+
 class DDADScorer(Scorer):
     """The run's frozen ensembles and ASR-Nets: images -> A_* and R_* maps in one pass."""
 
@@ -101,7 +106,8 @@ class DDADASR(Method):
         from cxrad.methods.ddad.refinement import load_asr
 
         ens = open_ensembles(run, device)
-        asrs = {name: load_asr(folder, device) for name, folder in refiners(run).items()}
+        asrs = {name: load_asr(folder, device, _digest(run.artifact(folder, "refine"), "asr.pt"))
+                for name, folder in refiners(run).items()}
         return DDADScorer(ens, asrs)
 
     def validate_tables(self, tables: dict[str, Any], run_options: dict[str, Any]) -> dict[str, Any]:

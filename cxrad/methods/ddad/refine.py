@@ -28,7 +28,9 @@ from cxrad.artifacts import (
     begin_output,
     finish_output,
     input_record,
+    load_torch,
     read_manifest,
+    remove_stale_temporaries,
     save_torch_atomic,
     write_json_atomic,
     write_manifest,
@@ -41,7 +43,7 @@ from cxrad.layout import ASR_CHECKPOINT, ASR_LOG, ASR_MODEL, MANIFEST, PARTIAL_M
 from cxrad.methods.ddad.asr_net import INPUT_CHANNELS, ASRNet, focal_loss
 from cxrad.methods.ddad.config import RefineConfig
 from cxrad.methods.ddad.ensembles import open_ensembles, to_network_space
-from cxrad.methods.ddad.recipes_store import read_recipes, synth_epochs, synth_space
+from cxrad.methods.ddad.recipes_store import read_recipes, synth_epochs, synth_space, verify_recipes
 from cxrad.methods.ddad.refinement import channel_stats, input_scales, level_gains, stacked_maps, synthetic_batches
 from cxrad.methods.ddad.weight_average import ema_decay_at, ema_update, precise_bn
 from cxrad.runs import open_run
@@ -148,17 +150,23 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
             f"{synth}: holds FPI recipes for {synth_epochs(synth)} epochs, refine asks for {cfg.epochs}; "
             f"run `cxrad synthesize --epochs {cfg.epochs} --force` first."
         )
+    verify_recipes(synth)
     out = Path(out) if out is not None else info.layout.refine(cfg.inputs)
     digest = identity_digest(cfg)
     state = None
     if resume and (out / ASR_CHECKPOINT).is_file():
-        state = torch.load(out / ASR_CHECKPOINT, map_location=device, weights_only=True)
+        fix = (f"start over without --resume (`cxrad refine {info.root} --inputs {cfg.inputs}` deletes it), "
+               "or with --force.")
+        state = load_torch(out / ASR_CHECKPOINT, map_location=device, fix=fix)
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise CxradError(f"{out / ASR_CHECKPOINT}: not a cxrad checkpoint; {fix}")
         if state.get("config_sha256") != digest:
             raise CxradError(f"{out / ASR_CHECKPOINT}: was written with another configuration; resume with the "
                              "same options or use --force.")
     if not _begin(out, cfg, resume=resume, force=force):
         progress.log(f"cxrad refine: {out} is up to date.")
         return out
+    remove_stale_temporaries(out)  # what a killed earlier run left half-written
 
     t0 = time.perf_counter()
     batches, scales, clip, space, donor_pool = _batch_source(info, ens, synth, cfg, device, state)
@@ -223,7 +231,7 @@ def _train(trainer: ASRTrainer, cfg: RefineConfig, out: Path, run: Path, digest:
     """Epochs up to ``cfg.epochs`` through the shared loop; a checkpoint at the end so that
     ``--resume`` of a finished run can rebuild the kept model."""
     def save(_trainer) -> None:
-        save_torch_atomic(trainer.checkpoint(digest, scales, clip), out / ASR_CHECKPOINT)
+        save_torch_atomic(trainer.checkpoint(digest, scales, clip), out / ASR_CHECKPOINT, checksum=True)
 
     def after_epoch(epoch: int, losses: list[float], _seconds: float) -> None:
         if on_epoch is not None:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from cxrad.artifacts import load_torch
 from cxrad.layout import ASR_MODEL
 from cxrad.methods.ddad.asr_net import INPUT_CHANNELS, ASRNet, anomaly_probability, asr_inputs, scale_inputs
 from cxrad.methods.ddad.ensembles import RunEnsembles
@@ -100,11 +101,13 @@ def synthetic_batches(ens: RunEnsembles, pool: torch.Tensor, recipes, batch_size
         yield x, mask
 
 
-def load_asr(folder: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_asr(folder: str | Path, device: torch.device | str = "cpu", sha256: str | None = None) -> dict[str, Any]:
     """Load ``asr.pt`` of a finished refine folder (the caller checked its manifest, e.g. with
-    RunInfo.has_artifact) -> {"net" (eval mode), "inputs", "scales", ...}."""
+    RunInfo.has_artifact) -> {"net" (eval mode), "inputs", "scales", ...}. ``sha256``: the digest its
+    manifest records; a file that differs, or cannot be read, is one line naming it."""
     folder = Path(folder)
-    blob = torch.load(folder / ASR_MODEL, map_location=device, weights_only=True)
+    blob = load_torch(folder / ASR_MODEL, map_location=device, sha256=sha256,
+                      fix=f"retrain it with `cxrad refine {folder.parent.parent} --inputs {folder.name} --force`.")
     net = ASRNet(len(INPUT_CHANNELS[blob["inputs"]]), int(blob["hidden"])).to(device)
     net.load_state_dict(blob["state_dict"])
     net.eval()

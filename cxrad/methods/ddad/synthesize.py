@@ -25,7 +25,14 @@ import numpy as np
 import torch
 
 from cxrad import progress
-from cxrad.artifacts import begin_output, finish_output, input_record, read_manifest, write_manifest
+from cxrad.artifacts import (
+    begin_output,
+    finish_output,
+    input_record,
+    read_manifest,
+    remove_stale_temporaries,
+    write_manifest,
+)
 from cxrad.errors import CxradError
 from cxrad.io.store import load_split, split_names
 from cxrad.layout import SYNTH_PREVIEW, SYNTH_RECIPES
@@ -69,6 +76,7 @@ def synthesize(run: Path, cfg: SynthConfig, force: bool = False, out: Path | Non
     if not begin_output(out, "synth", cfg, force=force):
         progress.log(f"cxrad synthesize: {out} is up to date.")
         return out
+    remove_stale_temporaries(out)  # what a killed earlier run left half-written
     epochs = [epoch_recipes(cfg, n, size, e, len(unlabeled) if donor_pool == "unlabeled" else None)
               for e in range(cfg.epochs)]
     # preview: the first patched samples of epoch 0, blended in network space like training

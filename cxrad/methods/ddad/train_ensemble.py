@@ -21,7 +21,10 @@ from cxrad import progress
 from cxrad.artifacts import (
     MANIFEST_NAME,
     input_record,
+    load_torch,
+    os_error,
     read_manifest,
+    remove_stale_temporaries,
     runtime_info,
     save_torch_atomic,
     sha256_file,
@@ -190,19 +193,40 @@ def has_checkpoints(run: Path, cfg: EnsembleConfig, member: int | None = None) -
     return any(RunLayout(run).member_checkpoint(m, i).is_file() for m, i in _jobs(cfg, member))
 
 
-def _member_status(run: Path, module: str, i: int, digest: str) -> tuple[str, dict | None]:
-    """'done' (weights + info of this config), 'ckpt' (a checkpoint to resume) or 'none'."""
+def _member_status(run: Path, module: str, i: int, digest: str, *,
+                   load_checkpoint: bool = True) -> tuple[str, dict | None]:
+    """'done' (weights + info of this config), 'ckpt' (a checkpoint to resume) or 'none'.
+
+    ``load_checkpoint=False``: a checkpoint is not read (it would be deleted, or only 'done'
+    matters); a damaged one is one line naming it and the fix.
+    """
     info = read_json(RunLayout(run).member_info(module, i))
     weights = RunLayout(run).member_weights(module, i)
     if (info and info.get("config_sha256") == digest and weights.is_file()
             and weights.stat().st_size == info.get("weights_bytes")):
         return "done", info
     ckpt = RunLayout(run).member_checkpoint(module, i)
-    if ckpt.is_file():
-        c = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if load_checkpoint and ckpt.is_file():
+        fix = (f"delete it to train {module} member {i} again from the start, or re-run with --force "
+               "(retrains every requested member).")
+        c = load_torch(ckpt, fix=fix)
+        if not isinstance(c, dict) or not isinstance(c.get("epoch"), int):
+            raise CxradError(f"{ckpt}: not a cxrad checkpoint; {fix}")
         if c.get("config_sha256") == digest:
             return "ckpt", c
     return "none", None
+
+
+def _remove_stale_temporaries(run: Path, jobs: list[tuple[str, int]]) -> None:
+    """Delete what killed earlier processes left half-written of this process's members (their
+    checkpoint, weights or info temporaries). Other members' files are left alone: processes on
+    other hosts (SLURM array tasks) may be writing them."""
+    layout = RunLayout(run)
+    for module, i in jobs:
+        names = [layout.member_checkpoint(module, i).name, layout.member_weights(module, i).name,
+                 layout.member_info(module, i).name]
+        for p in remove_stale_temporaries(layout.member_checkpoint(module, i).parent, names):
+            progress.log(f"{run}: removed {p.name}, left by a process that was killed")
 
 
 def _remove_member(run: Path, module: str, i: int) -> None:
@@ -213,11 +237,15 @@ def _remove_member(run: Path, module: str, i: int) -> None:
 
 def _append_log(run: Path, record: dict) -> None:
     # One os.write of a whole line with O_APPEND: lines of concurrent processes never interleave.
-    fd = os.open(RunLayout(run).ensemble_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    path = RunLayout(run).ensemble_log
     try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise (os_error(exc, path) or exc) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +274,8 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
     digest = identity_digest(config)
     new_manifest = _check_run_folder(run, config, force=force, resume=resume)
 
-    status = {job: _member_status(run, *job, digest) for job in jobs}
+    # --force deletes the requested members' checkpoints: never read them (one may be damaged)
+    status = {job: _member_status(run, *job, digest, load_checkpoint=not force) for job in jobs}
     if not _check_resume(run, cfg, status, resume=resume, force=force):
         _finish_if_complete(run, config, digest, device)
         return run
@@ -266,6 +295,7 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
         for job in jobs:
             _remove_member(run, *job)
         status = {job: ("none", None) for job in jobs}
+    _remove_stale_temporaries(run, jobs)
     todo = [job for job in jobs if status[job][0] != "done"]
     if not todo:
         progress.log(f"{run}: already trained with this configuration (nothing to do); use --force to retrain.")
@@ -330,7 +360,7 @@ def _train_group(run: Path, prepared: Path, cfg: EnsembleConfig, config: dict, d
         for k, i in enumerate(members):
             state = trainer.member_checkpoint(k)
             state["config_sha256"] = digest
-            save_torch_atomic(state, RunLayout(run).member_checkpoint(module, i))
+            save_torch_atomic(state, RunLayout(run).member_checkpoint(module, i), checksum=True)
         last_saved["epoch"] = trainer.epoch
 
     def on_epoch(epoch: int, values: list[float], seconds: float) -> None:
@@ -375,7 +405,7 @@ def _finish_if_complete(run: Path, config: dict, digest: str, device: torch.devi
     infos: dict[str, list[dict]] = {}
     for module in config["modules"]:
         for i in range(config["members"]):
-            s, info = _member_status(run, module, i, digest)
+            s, info = _member_status(run, module, i, digest, load_checkpoint=False)
             if s != "done":
                 return
             infos.setdefault(module, []).append(
