@@ -6,9 +6,10 @@ output, not the source. A file that cannot be read becomes a reject with its rea
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -51,6 +52,98 @@ def _decode(task: tuple[int, Entry]) -> tuple[int, Optional[np.ndarray], Any]:
         return i, None, f"cannot read file ({exc.strerror or type(exc).__name__})"
 
 
+class DecodedChunk(NamedTuple):
+    """Consecutive ``entries`` and, per entry, the image ((size, size) float16 in [0, 1], or None
+    when rejected) and its provenance dict (or the reject reason)."""
+
+    entries: list[Entry]
+    images: list[Optional[np.ndarray]]
+    info: list[Any]
+
+
+class DecodePool:
+    """One pool of ``workers`` decoding processes, reused for every batch of entries given to it.
+
+    `predict` decodes its calibration normals and then its inputs chunk by chunk through one pool:
+    the processes are forked once, at construction, before any torch or progress thread exists.
+    Use it as a context manager; leaving it terminates the processes. ``workers`` <= 1 decodes in
+    this process.
+    """
+
+    def __init__(self, cfg: PrepareConfig, workers: int):
+        self.cfg, self.workers = cfg, workers
+        self._pool = None
+        if workers > 1:
+            # fork: workers start in milliseconds and inherit the imports
+            self._pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg,))
+        else:
+            _init_worker(cfg)
+
+    def __enter__(self) -> "DecodePool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def _start(self, entries: list[Entry]) -> Iterator[tuple[int, Optional[np.ndarray], Any]]:
+        """Hand ``entries`` to the workers now; the results come back (in any order) from the iterator."""
+        tasks = list(enumerate(entries))
+        if self._pool is None:
+            return map(_decode, tasks)  # lazy: decoded here as the results are read
+        return self._pool.imap_unordered(_decode, tasks,
+                                         chunksize=max(1, min(32, len(tasks) // (8 * self.workers))))
+
+    @staticmethod
+    def _collect(entries: list[Entry], results: Iterator, bar: Any = None) -> DecodedChunk:
+        images: list[Optional[np.ndarray]] = [None] * len(entries)
+        info: list[Any] = [None] * len(entries)
+        for i, img, what in results:
+            images[i], info[i] = img, what
+            if img is None:
+                progress.log(f"rejected {entries[i].id}: {what}")
+            if bar is not None:
+                bar.advance(1)
+        return DecodedChunk(entries, images, info)
+
+    def decode(self, entries: list[Entry], label: str = "decoding") -> DecodedChunk:
+        """Every entry at once, with a progress bar ``label``."""
+        entries = list(entries)
+        with progress.task(label, len(entries)) as bar:
+            return self._collect(entries, self._start(entries), bar)
+
+    def chunks(self, entries: Iterable[Entry], size: int) -> Iterator[DecodedChunk]:
+        """``entries`` decoded ``size`` at a time, yielded in input order.
+
+        While the caller works on one chunk the workers already decode the next, so at most two
+        chunks of images are held, whatever the number of entries. ``entries`` may be a generator.
+        """
+        if size < 1:
+            raise ValueError(f"chunk size {size}: must be at least 1")
+        it = iter(entries)
+        pending: Optional[tuple[list[Entry], Iterator]] = None
+        while True:
+            batch = list(itertools.islice(it, size))
+            started = (batch, self._start(batch)) if batch else None
+            if pending is not None:
+                yield self._collect(*pending)
+            if started is None:
+                return
+            pending = started
+
+
+def decode_iter(entries: Iterable[Entry], cfg: PrepareConfig, workers: int, chunk: int) -> Iterator[DecodedChunk]:
+    """Decode ``entries`` ``chunk`` at a time in ``workers`` processes (one pool for all chunks),
+    yielding :class:`DecodedChunk` in input order. Rejects are logged as they come."""
+    with DecodePool(cfg, workers) as pool:
+        yield from pool.chunks(entries, chunk)
+
+
 def decode_all(entries: list[Entry], cfg: PrepareConfig, workers: int, label: str = "prepare: decoding"
                ) -> tuple[list[Optional[np.ndarray]], list[Any]]:
     """Decode and preprocess ``entries`` in ``workers`` processes.
@@ -58,27 +151,7 @@ def decode_all(entries: list[Entry], cfg: PrepareConfig, workers: int, label: st
     Returns, in the order of ``entries``, each image ((size, size) float16 in [0, 1], or None when
     rejected) and its provenance dict (or the reject reason). Rejects are logged as they come.
     """
-    images: list[Optional[np.ndarray]] = [None] * len(entries)
-    info: list[Any] = [None] * len(entries)
-    tasks = list(enumerate(entries))
-    pool = None
-    if workers > 1 and len(entries) > 1:
-        # fork: workers start in milliseconds and inherit the imports; started before any progress
-        # thread exists.
-        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg,))
-        results = pool.imap_unordered(_decode, tasks, chunksize=max(1, min(32, len(tasks) // (8 * workers))))
-    else:
-        _init_worker(cfg)
-        results = map(_decode, tasks)
-    try:
-        with progress.task(label, len(tasks)) as bar:
-            for i, img, what in results:
-                images[i], info[i] = img, what
-                if img is None:
-                    progress.log(f"rejected {entries[i].id}: {what}")
-                bar.advance(1)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    return images, info
+    # no pool for a single file; the pool is started before any progress thread exists
+    with DecodePool(cfg, workers if len(entries) > 1 else 1) as pool:
+        got = pool.decode(entries, label)
+    return got.images, got.info
