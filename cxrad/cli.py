@@ -301,6 +301,8 @@ def predict(
     overlays: bool = typer.Option(PREDICT.overlays, "--overlays/--no-overlays", help="Write one heat-map PNG per "
                                                                                      "image."),
     device: str = typer.Option(PREDICT.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    chunk_size: int = typer.Option(PREDICT.chunk_size, "--chunk-size", help="Images decoded and scored at a "
+                                                                             "time (memory grows with it)."),
     calibrate_on: Optional[List[Path]] = typer.Option(
         None, "--calibrate-on", help="Folder (or file) of known-normal studies from this archive: the threshold "
                                      "becomes the "
@@ -311,7 +313,8 @@ def predict(
     """Score new studies; exit code 1 when some inputs were rejected (they are listed in rejects.csv)."""
     from cxrad.stages.predict import predict as run_predict
 
-    cfg = PredictConfig(num_shards=num_shards, shard_id=shard_id, overlays=overlays, device=device)
+    cfg = PredictConfig(num_shards=num_shards, shard_id=shard_id, overlays=overlays, device=device,
+                        chunk_size=chunk_size)
     result = run_predict(run, inputs, out, cfg, force=force, calibration=calibrate_on or None)
     typer.echo(f"scored {result.predicted} image(s), rejected {len(result.rejected)}; decision by "
                f"{result.decision_score} > {result.threshold:.4g} ({result.threshold_source})")

@@ -202,11 +202,15 @@ class PredictConfig(StageConfig):
     shard_id: int = operational(0)
     overlays: bool = True
     device: Device = operational("auto")
+    chunk_size: int = operational(256)  # images decoded, scored and written at a time: memory grows with
+                                        # it, not with the number of inputs; a multiple of the scorer's
+                                        # batch (64) scores exactly the batches of a single pass
 
     def check(self) -> None:
         if self.num_shards < 1 or not 0 <= self.shard_id < self.num_shards:
             raise CxradError(f"--num-shards {self.num_shards} --shard-id {self.shard_id}: "
                              "need 0 <= shard-id < num-shards.")
+        at_least(self, 1, "chunk_size")
 
 
 def replace_known(cfg: Any, overrides: dict[str, Any]) -> Any:

@@ -13,6 +13,7 @@ site flags far more (or fewer) than 5 % of another site's normals; local normals
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -36,13 +37,13 @@ from cxrad.artifacts import (
 from cxrad.config import EvaluateConfig, PredictConfig
 from cxrad.devices import device_name, resolve_device
 from cxrad.errors import CxradError
-from cxrad.io.decode import decode_all, default_workers
+from cxrad.io.decode import DecodePool, default_workers
 from cxrad.io.preprocess import config_from_parameters
 from cxrad.io.sources import Entry, Locator, file_problem, is_image_name
 from cxrad.methods.base import Method, Scorer
 from cxrad.metrics import is_abnormal, normal_threshold
 from cxrad.runs import RunInfo, open_run
-from cxrad.scores import ScoredImages, decision_score, spec_of
+from cxrad.scores import decision_score, spec_of
 from cxrad.scoring import artifact_records, method_of, score_split
 from cxrad.thresholds import MIN_HELD_OUT_NORMALS, describe, normal_rows, threshold_split
 
@@ -141,14 +142,14 @@ def calibration_files(calibration: list[Path]) -> tuple[list[Path], str]:
     return files, digest
 
 
-def read_calibration(files: list[Path], prep_cfg, workers: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
+def read_calibration(files: list[Path], pool: DecodePool) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Decode the known-normal ``files`` as `prepare` would: ((N, H, W) float32 pixels, rejects).
 
     Fewer than :data:`cxrad.thresholds.MIN_HELD_OUT_NORMALS` readable files is a user error: their
     95th percentile would be the maximum of a handful of scores.
     """
     entries = [Entry(id=str(f), loc=Locator(str(f)), label=0, split="") for f in files]
-    images, info = decode_all(entries, prep_cfg, workers, "predict: reading calibration normals")
+    _, images, info = pool.decode(entries, "predict: reading calibration normals")
     ok = [i for i, im in enumerate(images) if im is not None]
     if len(ok) < MIN_HELD_OUT_NORMALS:
         folders = " ".join(sorted({str(f.parent) for f in files}))
@@ -199,8 +200,7 @@ class _Inputs:
     config: dict[str, Any]
     prep_cfg: Any
     workers: int
-    calib_pixels: np.ndarray | None
-    calib_rejects: list[tuple[str, str]]
+    calib_files: list[Path] | None
 
 
 def _read_inputs(run: Path, inputs: list[Path], cfg: PredictConfig, workers: int | None,
@@ -215,33 +215,73 @@ def _read_inputs(run: Path, inputs: list[Path], cfg: PredictConfig, workers: int
     files = shard(files, cfg.num_shards, cfg.shard_id)
     config: dict[str, Any] = {"run": info.input_record(info.root, "run"),
                               "inputs": [str(Path(p).resolve()) for p in inputs], "predict": cfg}
-    prep_cfg = config_from_parameters(info.preprocessing)
-    workers = workers or default_workers()
-    calib_pixels, calib_rejects = None, []
+    calib_files = None
     if calibration:
-        # read (and refuse) the calibration set before the output folder is touched
         calib_files, digest = calibration_files(calibration)
         config["calibration"] = {"inputs": [str(Path(p).resolve()) for p in calibration],
                                  "files": len(calib_files), "sha256": digest}
-        calib_pixels, calib_rejects = read_calibration(calib_files, prep_cfg, workers)
-    return _Inputs(info, method, files, rejects, config, prep_cfg, workers, calib_pixels, calib_rejects)
+    return _Inputs(info, method, files, rejects, config, config_from_parameters(info.preprocessing),
+                   workers or default_workers(), calib_files)
 
 
-def _write_rows(out: Path, ids: list[str], pixels: np.ndarray, scored: ScoredImages, names: list[str],
-                decision: str, threshold: float, probability: bool, overlays: bool) -> None:
-    rows = []
-    if overlays and len(ids):
-        (out / "overlays").mkdir(parents=True, exist_ok=True)
-    for j, id_ in enumerate(ids):
-        overlay = ""
-        if overlays:
-            overlay = f"overlays/{j:06d}_{_safe_name(id_)}.png"
-            _overlay_png(pixels[j], _heat01(scored.maps[decision][j], probability), out / overlay)
-        value = float(scored.scores[decision][j])
-        rows.append([id_, *(repr(float(scored.scores[n][j])) for n in names), decision, repr(threshold),
-                     int(is_abnormal(value, threshold)), overlay])
-    write_csv_atomic(out / "predictions.csv", ["path", *names, "decision_score", "threshold", "abnormal", "overlay"],
-                     rows)
+class _RowWriter:
+    """Scores images a chunk at a time and appends their rows to the open predictions.csv (and
+    their overlays): rows and overlay numbers continue across chunks, in input order."""
+
+    def __init__(self, fh, out: Path, scorer: Scorer, names: list[str], decision: str, threshold: float,
+                 probability: bool, overlays: bool):
+        self.fh, self.csv, self.out, self.scorer = fh, csv.writer(fh), out, scorer
+        self.names, self.decision, self.threshold = names, decision, threshold
+        self.probability, self.overlays = probability, overlays
+        self.count = 0
+        self.csv.writerow(["path", *names, "decision_score", "threshold", "abnormal", "overlay"])
+
+    def write(self, ids: list[str], images: list[np.ndarray]) -> None:
+        if not ids:
+            return
+        pixels = np.stack([np.asarray(im, np.float32) for im in images])
+        scored = self.scorer.score(pixels, label=None)
+        if self.overlays:
+            (self.out / "overlays").mkdir(parents=True, exist_ok=True)
+        rows = []
+        for j, id_ in enumerate(ids):
+            overlay = ""
+            if self.overlays:
+                overlay = f"overlays/{self.count + j:06d}_{_safe_name(id_)}.png"
+                _overlay_png(pixels[j], _heat01(scored.maps[self.decision][j], self.probability), self.out / overlay)
+            value = float(scored.scores[self.decision][j])
+            rows.append([id_, *(repr(float(scored.scores[n][j])) for n in self.names), self.decision,
+                         repr(self.threshold), int(is_abnormal(value, self.threshold)), overlay])
+        self.csv.writerows(rows)
+        self.fh.flush()  # finished chunks are on disk (in the temporary file) while the next is scored
+        self.count += len(ids)
+
+
+def _stream(pool: DecodePool, files: list[Path], writer: _RowWriter, chunk: int) -> list[tuple[str, str]]:
+    """Decode ``files`` ``chunk`` at a time and hand every ``chunk`` readable images to ``writer``.
+
+    Readable images are re-batched across rejects, so the scorer always sees ``chunk`` images (the
+    last call fewer): the same batches as one pass over all of them when ``chunk`` is a multiple of
+    the scorer's batch size. Returns the rejects, in input order.
+    """
+    rejects: list[tuple[str, str]] = []
+    ids: list[str] = []
+    images: list[np.ndarray] = []
+    entries = (Entry(id=str(f), loc=Locator(str(f)), label=-1, split="") for f in files)
+    with progress.task("predict", len(files)) as bar:
+        for got in pool.chunks(entries, chunk):
+            for entry, image, what in zip(*got):
+                if image is None:
+                    rejects.append((entry.id, str(what)))
+                else:
+                    ids.append(entry.id)
+                    images.append(image)
+            while len(ids) >= chunk:
+                writer.write(ids[:chunk], images[:chunk])
+                del ids[:chunk], images[:chunk]
+            bar.advance(len(got.entries), f"{len(rejects)} rejected")
+        writer.write(ids, images)
+    return rejects
 
 
 def predict(run: Path, inputs: list[Path], out: Path, cfg: PredictConfig, force: bool = False,
@@ -251,46 +291,53 @@ def predict(run: Path, inputs: list[Path], out: Path, cfg: PredictConfig, force:
     With ``cfg.num_shards > 1`` this process handles share ``cfg.shard_id`` and writes to
     ``out/shard-<k>-of-<n>/``. ``calibration``: files/folders of known-normal studies whose
     score percentile becomes the threshold (every shard computes the same one).
+
+    The inputs stream through in chunks of ``cfg.chunk_size`` images (decode, score, append rows
+    and overlays), so memory does not grow with their number. One pool of decoding processes
+    serves the calibration set and every chunk. predictions.csv is written to a temporary file in
+    ``out`` and renamed when every row is in; the manifest comes last.
     """
     cfg.validate()
     out = Path(out)
     if cfg.num_shards > 1:
         out = out / f"shard-{cfg.shard_id}-of-{cfg.num_shards}"
     got = _read_inputs(Path(run), inputs, cfg, workers, calibration)
-    if not begin_output(out, "predictions", got.config, force=force):
-        progress.log(f"cxrad predict: {out} is up to date; nothing to do (use --force to redo).")
-        s = read_manifest(out, "predictions")["summary"]
-        return PredictResult(out, s["predicted"], [tuple(r) for r in s["rejects"]], s["decision_score"],
-                             s["threshold"], s.get("threshold_source", ""))
+    # fork the decoding processes now, before torch or a progress bar starts a thread
+    with DecodePool(got.prep_cfg, got.workers) as pool:
+        calib = read_calibration(got.calib_files, pool) if got.calib_files is not None else None
+        if not begin_output(out, "predictions", got.config, force=force):
+            progress.log(f"cxrad predict: {out} is up to date; nothing to do (use --force to redo).")
+            s = read_manifest(out, "predictions")["summary"]
+            return PredictResult(out, s["predicted"], [tuple(r) for r in s["rejects"]], s["decision_score"],
+                                 s["threshold"], s.get("threshold_source", ""))
+        return _predict_into(out, got, cfg, pool, calib)
 
+
+def _predict_into(out: Path, got: _Inputs, cfg: PredictConfig, pool: DecodePool,
+                  calib: tuple[np.ndarray, list[tuple[str, str]]] | None) -> PredictResult:
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    entries = [Entry(id=str(f), loc=Locator(str(f)), label=-1, split="") for f in got.files]
-    images, info = decode_all(entries, got.prep_cfg, got.workers, "predict: decoding")
-    ok = [i for i, im in enumerate(images) if im is not None]
-    rejects = got.rejects + [(entries[i].id, str(info[i])) for i, im in enumerate(images) if im is None]
-
     scorer = got.method.load_scorer(got.run, device)
-    if got.calib_pixels is not None:
-        thresholds, threshold_source = calibrated_thresholds(scorer, got.calib_pixels,
-                                                             EvaluateConfig().threshold_percentile)
+    # thresholds first: every chunk is decided against the same ones
+    if calib is not None:
+        thresholds, threshold_source = calibrated_thresholds(scorer, calib[0], EvaluateConfig().threshold_percentile)
     else:
         thresholds, threshold_source = run_thresholds(got.run, got.method, scorer,
                                                       artifact_records(got.run, got.method))
     names = [n for n in scorer.names if n in thresholds]
     decision = decision_score(got.method.specs, names)
-
-    pixels = (np.stack([np.asarray(images[i], np.float32) for i in ok]) if ok
-              else np.zeros((0,) + (got.prep_cfg.size,) * 2, np.float32))
-    scored = scorer.score(pixels, label="predict: scoring")
-    _write_rows(out, [entries[i].id for i in ok], pixels, scored, names, decision, thresholds[decision],
-                spec_of(got.method.specs, decision).probability, cfg.overlays)
+    for stale in out.glob(".predictions.csv.*.tmp"):  # left by a killed earlier attempt
+        stale.unlink()
+    with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = _RowWriter(fh, out, scorer, names, decision, thresholds[decision],
+                            spec_of(got.method.specs, decision).probability, cfg.overlays)
+        rejects = got.rejects + _stream(pool, got.files, writer, cfg.chunk_size)
     write_csv_atomic(out / "rejects.csv", ["path", "reason"], rejects)
-    summary = {"predicted": len(ok), "rejects": rejects, "decision_score": decision, "method": got.run.method,
+    summary = {"predicted": writer.count, "rejects": rejects, "decision_score": decision, "method": got.run.method,
                "threshold": thresholds[decision], "threshold_source": threshold_source,
-               "thresholds": thresholds, "calibration_rejects": got.calib_rejects}
+               "thresholds": thresholds, "calibration_rejects": calib[1] if calib is not None else []}
     write_manifest(out, "predictions", got.config, inputs={"run": got.config["run"]},
                    outputs=["predictions.csv", "rejects.csv"], timings={"total": time.perf_counter() - t0},
                    device=device_name(device), extra={"summary": summary})
     finish_output(out)
-    return PredictResult(out, len(ok), rejects, decision, thresholds[decision], threshold_source)
+    return PredictResult(out, writer.count, rejects, decision, thresholds[decision], threshold_source)
