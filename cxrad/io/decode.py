@@ -139,7 +139,10 @@ class DecodePool:
 
 def decode_iter(entries: Iterable[Entry], cfg: PrepareConfig, workers: int, chunk: int) -> Iterator[DecodedChunk]:
     """Decode ``entries`` ``chunk`` at a time in ``workers`` processes (one pool for all chunks),
-    yielding :class:`DecodedChunk` in input order. Rejects are logged as they come."""
+    yielding :class:`DecodedChunk` in input order. Rejects are logged as they come.
+
+    The processes are forked at the first ``next()``; a caller that starts threads first (torch,
+    CUDA, a progress bar) or decodes other files too should hold a :class:`DecodePool` instead."""
     with DecodePool(cfg, workers) as pool:
         yield from pool.chunks(entries, chunk)
 
