@@ -27,6 +27,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 PREPARE = ["--labels", SAMPLE / "labels.csv", "--size", "32", "--workers", "2"]  # = the prepared_sample32 fixture
 TRAIN = ["--module", "ndm", "--members", "2", "--epochs", "3", "--batch-size", "16", "--checkpoint-every", "1",
          "--device", "cpu"]
+TRAIN_2_EPOCHS = [("2" if a == "3" else a) for a in TRAIN]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CXRAD_NO_PROGRESS": "1"}
 
 # `cxrad ARGS` that SIGKILLs itself just before its N-th os.replace onto a path ending with SUFFIX
@@ -116,15 +117,16 @@ def test_train_ensemble_killed_while_writing_a_checkpoint(prepared_sample32, tmp
 
 def test_train_ensemble_killed_after_a_checkpoint(prepared_sample32, tmp_path, cli):
     run = tmp_path / "run"
+    train = TRAIN_2_EPOCHS   # killed during the second epoch
     _killed_when(RunLayout(run).member_checkpoint("ndm", 1),
-                 "--no-progress", "train-ensemble", prepared_sample32, "--run", run, *TRAIN)
-    _recovered(cli, RunLayout(run).ensemble, "ensemble", "train-ensemble", prepared_sample32, "--run", run, *TRAIN,
+                 "--no-progress", "train-ensemble", prepared_sample32, "--run", run, *train)
+    _recovered(cli, RunLayout(run).ensemble, "ensemble", "train-ensemble", prepared_sample32, "--run", run, *train,
                "--resume")
 
 
 def test_refine_killed_while_writing_its_model(run_copy, cli):
     folder = RunLayout(run_copy).refine("intra")
-    args = ("refine", run_copy, "--inputs", "intra", "--epochs", "2")
+    args = ("refine", run_copy, "--inputs", "intra", "--epochs", "1")
     # killed as it renames asr.pt, after the checkpoint of the last epoch: that stays, with asr.pt's temporary
     _killed_before_replace("/asr.pt", 1, *args, "--force")
     assert (folder / "checkpoint.ckpt").is_file() and list(folder.glob(".asr.pt.*.tmp"))
@@ -134,7 +136,7 @@ def test_refine_killed_while_writing_its_model(run_copy, cli):
 
 def test_refine_killed_before_its_first_checkpoint(run_copy, cli):
     folder = RunLayout(run_copy).refine("intra")
-    args = ("refine", run_copy, "--inputs", "intra", "--epochs", "2")
+    args = ("refine", run_copy, "--inputs", "intra", "--epochs", "1")
     _killed_before_replace("/checkpoint.ckpt", 1, *args, "--force")
     assert not (folder / "checkpoint.ckpt").exists() and list(folder.glob(".checkpoint.ckpt.*.tmp"))
     _recovered(cli, folder, "refine", *args)   # nothing to resume: a plain run starts over
