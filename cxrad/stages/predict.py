@@ -30,6 +30,7 @@ from cxrad.artifacts import (
     begin_output,
     finish_output,
     read_manifest,
+    remove_stale_temporaries,
     sha256_file,
     write_csv_atomic,
     write_manifest,
@@ -326,8 +327,8 @@ def _predict_into(out: Path, got: _Inputs, cfg: PredictConfig, pool: DecodePool,
                                                       artifact_records(got.run, got.method))
     names = [n for n in scorer.names if n in thresholds]
     decision = decision_score(got.method.specs, names)
-    for stale in out.glob(".predictions.csv.*.tmp"):  # left by a killed earlier attempt
-        stale.unlink()
+    for folder in (out, out / "overlays"):  # what a killed earlier attempt left half-written
+        remove_stale_temporaries(folder)
     with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = _RowWriter(fh, out, scorer, names, decision, thresholds[decision],
                             spec_of(got.method.specs, decision).probability, cfg.overlays)
