@@ -147,3 +147,18 @@ def test_score_killed_between_two_maps_files(run_copy, cli):
     _killed_before_replace(".h5", 2, "score", run_copy, "--force")
     assert not (maps / "manifest.json").exists() and list(maps.glob(".*.h5.*.tmp"))
     _recovered(cli, maps, "maps", "score", run_copy)
+
+
+def test_stale_temporaries_are_those_of_dead_processes(tmp_path):
+    from cxrad.artifacts import remove_stale_temporaries
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(done.stdout), os.getppid()
+    names = [f".member-0.ckpt.{dead}.tmp", f".member-1.ckpt.{dead}.tmp", f".member-0.ckpt.{alive}.tmp",
+             "member-0.ckpt", ".member-0.ckpt.tmp", f".cxrad-lock.{dead}"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_stale_temporaries(tmp_path, ["member-0.ckpt"])
+    assert [p.name for p in removed] == [f".member-0.ckpt.{dead}.tmp"]
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [f".member-1.ckpt.{dead}.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
