@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cxrad import methods
-from cxrad.artifacts import read_manifest
+from cxrad.artifacts import MANIFEST_NAME, read_manifest
+from cxrad.errors import CxradError
 from cxrad.io.store import summarize_prepared
 from cxrad.report.summaries import summarize_eval, summarize_maps, summarize_predictions
 
@@ -25,6 +26,9 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
     """Return ``{"path", "manifest", "summary"}`` for any cxrad artifact folder (or a file in one)."""
     folder = Path(path)
     if folder.is_file():
+        if not (folder.parent / MANIFEST_NAME).is_file():
+            raise CxradError(f"{folder}: is a file, not a cxrad artifact folder (a folder with a {MANIFEST_NAME}, "
+                             "written by a cxrad stage); pass such a folder.")
         folder = folder.parent
     manifest = read_manifest(folder)
     summary: dict[str, Any] = {}
