@@ -22,13 +22,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from cxrad.errors import CxradError
 
-Device = str   # "auto" | "cpu" | "cuda" | "cuda:N" | "mps": checked by cxrad.devices.resolve_device
+Device = str   # "auto" | "cpu" | "cuda" | "cuda:N": the spelling checked by validate(), the GPU by
+               # cxrad.devices.resolve_device
+DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 def operational(default: Any) -> Any:
@@ -78,22 +82,44 @@ def identity_digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(identity(obj), sort_keys=True).encode()).hexdigest()
 
 
+class ConfigValueError(CxradError):
+    """A field value that :meth:`StageConfig.validate` refuses. It knows the field, so the message
+    names the command-line option (``--members 1: ...``) and a TOML loader can name the key instead
+    (``cfg.toml: [ensemble] members = 1: ...``, :func:`replace_known`)."""
+
+    def __init__(self, name: str, value: Any, reason: str, *, shown: str | None = None, label: str | None = None):
+        self.name, self.value, self.reason = name, value, reason
+        super().__init__(f"{label or _option(name)} {value if shown is None else shown}: {reason}")
+
+
 class StageConfig:
-    """Base of every stage config: Literal fields are checked against their choices, the
-    subclass adds its range checks in :meth:`check`. Errors are one line naming the option."""
+    """Base of every stage config. :meth:`validate` checks every field against its annotation
+    (int, float, bool, str, Optional, tuples of a fixed or any length, Literal choices; a bool is not
+    an int, an int is a fine float and becomes one, a list becomes a tuple; floats must be finite;
+    ``device`` must be spelled auto, cpu, cuda or cuda:N), then the subclass's range checks in
+    :meth:`check`. Errors are one line naming the option (:class:`ConfigValueError`)."""
 
     def validate(self) -> "StageConfig":
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            choices = _literal_choices(hints.get(f.name))
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise CxradError(f"{_option(f.name)} {value!r}: use one of {', '.join(map(str, choices))}.")
+            tp, value = hints.get(f.name, Any), getattr(self, f.name)
+            choices = _literal_choices(tp)
+            if choices:
+                if isinstance(value, bool) or value not in choices:
+                    raise ConfigValueError(f.name, value, f"use one of {', '.join(map(str, choices))}.",
+                                           shown=repr(value))
+                continue
+            ok, fixed = _conform(tp, value)
+            if not ok:
+                raise ConfigValueError(f.name, value, f"must be {_describe(tp)}.", shown=repr(value))
+            if f.name == "device" and isinstance(fixed, str) and not DEVICE_SPEC.match(fixed.strip().lower()):
+                raise ConfigValueError(f.name, value, "not understood; use auto, cpu, cuda or cuda:N.")
+            object.__setattr__(self, f.name, fixed)   # an int in a float field -> float, a list -> tuple
         self.check()
         return self
 
     def check(self) -> None:
-        """Range and consistency checks of the subclass (raise CxradError)."""
+        """Range and consistency checks of the subclass (raise :class:`ConfigValueError`)."""
 
 
 def _literal_choices(tp: Any) -> tuple:
@@ -102,8 +128,73 @@ def _literal_choices(tp: Any) -> tuple:
     return ()
 
 
+def _optional_inner(tp: Any) -> Any:
+    """X of Optional[X] (or X | None); None when ``tp`` is not optional."""
+    args = typing.get_args(tp)
+    if type(None) in args and len(args) == 2:
+        return args[0] if args[1] is type(None) else args[1]
+    return None
+
+
+def _conform(tp: Any, value: Any) -> tuple[bool, Any]:
+    """(whether ``value`` fits the annotation ``tp``, the value normalised: int -> float in a float
+    field, list -> tuple)."""
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return (True, None) if value is None else _conform(inner, value)
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(items) != len(value):
+            return False, value
+        fixed = [_conform(t, v) for t, v in zip(items, value)]
+        return all(ok for ok, _ in fixed), tuple(v for _, v in fixed)
+    return True, value
+
+
+_NOUNS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"),
+          float: ("a finite number", "finite numbers"), str: ("a string", "strings")}
+
+
+def _describe(tp: Any) -> str:
+    """What a value of annotation ``tp`` must be, for the error message."""
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return _describe(inner)
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_NOUNS.get(args[0], ('', 'values'))[1]}"
+        return f"a list of {len(args)} {_NOUNS.get(args[0], ('', 'values'))[1]}"
+    return _NOUNS.get(tp, (str(tp), ""))[0]
+
+
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as it would be written in a TOML file (for messages about one)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def at_least(cfg: Any, minimum: float, *names: str) -> None:
@@ -111,7 +202,7 @@ def at_least(cfg: Any, minimum: float, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if value is not None and value < minimum:
-            raise CxradError(f"{_option(name)} {value}: must be at least {minimum:g}.")
+            raise ConfigValueError(name, value, f"must be at least {minimum:g}.")
 
 
 def in_range(cfg: Any, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
@@ -121,7 +212,7 @@ def in_range(cfg: Any, name: str, lo: float, hi: float, *, lo_open: bool = False
     ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise CxradError(f"{_option(name)} {value}: must lie in {left}{lo:g}, {hi:g}{right}.")
+        raise ConfigValueError(name, value, f"must lie in {left}{lo:g}, {hi:g}{right}.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,19 +304,43 @@ class PredictConfig(StageConfig):
         at_least(self, 1, "chunk_size")
 
 
-def replace_known(cfg: Any, overrides: dict[str, Any]) -> Any:
-    """``cfg`` with ``overrides`` applied and validated; unknown keys are a user error (typo guard)."""
+def replace_known(cfg: Any, overrides: dict[str, Any], table: str | None = None) -> Any:
+    """``cfg`` with ``overrides`` applied and validated; unknown keys are a user error (typo guard).
+
+    ``table``: the TOML table the overrides come from; errors then name its key and the value as
+    written (``[ensemble] members = 2.5: must be an integer.``) instead of a command-line option.
+    """
     names = {f.name for f in dataclasses.fields(cfg)}
+    where = f"[{table}] " if table else ""
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise CxradError(
-            f"unknown {type(cfg).__name__} option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}."
+            f"{where}unknown {type(cfg).__name__} option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}."
         )
-    fixed = {}
-    for k, v in overrides.items():
-        default = getattr(cfg, k)
-        fixed[k] = tuple(v) if isinstance(default, tuple) and isinstance(v, list) else v
-    out = dataclasses.replace(cfg, **fixed)
-    if isinstance(out, StageConfig):
-        out.validate()
-    return out
+    out = dataclasses.replace(cfg, **overrides)
+    if not isinstance(out, StageConfig):
+        return out
+    try:
+        return out.validate()
+    except CxradError as exc:
+        if table is None:
+            raise
+        name, reason = _field_of(exc, names)
+        if name is None:
+            raise CxradError(f"{where}{exc}") from None
+        value = overrides.get(name, getattr(cfg, name))
+        raise CxradError(f"{where}{name} = {toml_value(value)}: {reason}") from None
+
+
+def _field_of(exc: CxradError, names: set[str]) -> tuple[str | None, str]:
+    """(field, reason) of a validation error: a :class:`ConfigValueError` says so; a plain
+    CxradError of a subclass's check that starts with ``--option VALUE: reason`` (or ``field VALUE:``)
+    is read back; otherwise (None, message)."""
+    if isinstance(exc, ConfigValueError):
+        return exc.name, exc.reason
+    message = str(exc)
+    for name in sorted(names, key=len, reverse=True):
+        for label in (_option(name) + " ", name + " "):
+            if message.startswith(label) and ": " in message:
+                return name, message.split(": ", 1)[1]
+    return None, message

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from cxrad import methods, progress
 from cxrad.artifacts import MANIFEST_NAME, is_valid, read_manifest, to_jsonable
-from cxrad.config import EvaluateConfig, PrepareConfig, ScoreConfig, replace_known
+from cxrad.config import EvaluateConfig, PrepareConfig, ScoreConfig, replace_known, toml_value
 from cxrad.errors import CxradError
 from cxrad.layout import RunLayout
 from cxrad.stages.evaluate import evaluate
@@ -96,18 +96,39 @@ def _resolve_sample_root(config_dir: Path) -> Path:
     )
 
 
-def _expand(cfg_path: Path, key: str, value: str) -> str:
+def _expand(key: str, value: str) -> str:
     """``${VAR}``/``$VAR`` in a [data] path (e.g. ``${CXRAD_DATA}``, where benchmark data lives)."""
     expanded = os.path.expandvars(value)
     if "$" in expanded:
         missing = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
-        raise CxradError(f"{cfg_path}: [data] {key} uses ${{{missing[0] if missing else '?'}}}, which is not set; "
+        raise CxradError(f"[data] {key} uses ${{{missing[0] if missing else '?'}}}, which is not set; "
                          "export it (e.g. CXRAD_DATA=/path/to/data) or write the path out.")
     return expanded
 
 
+def _string(value: Any, key: str, what: str = "a string") -> str:
+    if not isinstance(value, str):
+        raise CxradError(f"{key} = {toml_value(value)}: must be {what} in double quotes.")
+    return value
+
+
+def folder_name(value: Any, key: str) -> str:
+    """A data or run name: one folder under <workdir>/prepared/ or <workdir>/runs/, never a path that
+    leads elsewhere (``../x``, ``/abs``) or a hidden or empty name."""
+    name = _string(value, key, "a folder name")
+    if (not name or name.startswith(".") or name != name.strip() or any(c in name for c in "/\\")
+            or any(ord(c) < 32 for c in name)):
+        raise CxradError(f"{key} = {toml_value(name)}: must be one folder name (not empty, no '/' or '\\', not "
+                         "starting with '.', no control characters), e.g. \"sample-ae\".")
+    return name
+
+
 def load_config(path: str | Path | None = None) -> PipelineConfig:
-    """Read a pipeline TOML (or the embedded sample default when ``path`` is None)."""
+    """Read a pipeline TOML (or the embedded sample default when ``path`` is None).
+
+    Every table is checked here, before any stage runs (and by ``--dry-run``): unknown tables and
+    keys, each value's type and range, the data and run names. Errors name the file and the key.
+    """
     embedded = path is None
     cfg_path = DEFAULT_CONFIG if embedded else Path(path)
     if not cfg_path.is_file():
@@ -116,40 +137,52 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
         raw = tomllib.loads(cfg_path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CxradError(f"{cfg_path}: not valid TOML ({exc}); fix the file.") from None
-    method = methods.get(str(dict(raw.get("method", {})).pop("name", "ddad")))
+    try:
+        return _parse(raw, cfg_path, embedded)
+    except CxradError as exc:
+        raise CxradError(f"{cfg_path}: {exc}") from None
+
+
+def _parse(raw: dict[str, Any], cfg_path: Path, embedded: bool) -> PipelineConfig:
+    """The resolved pipeline of a parsed TOML file; errors name the table and key (not the file)."""
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise CxradError(f"{name} = {toml_value(table)} is not a table; write [{name}] and its keys below it.")
+    method_options = dict(raw.get("method", {}))
+    method = methods.get(_string(method_options.pop("name", "ddad"), "[method] name"))
     tables = set(GENERIC_TABLES) | set(method.config_tables)
     unknown = sorted(set(raw) - tables)
     if unknown:
-        raise CxradError(f"{cfg_path}: unknown table(s) [{'], ['.join(unknown)}]; known: {', '.join(sorted(tables))}.")
-    if set(raw.get("method", {})) - {"name"}:
-        raise CxradError(f"{cfg_path}: [method] takes only `name`; method options go in the method's own tables.")
+        raise CxradError(f"unknown table(s) [{'], ['.join(unknown)}]; known: {', '.join(sorted(tables))}.")
+    if method_options:
+        raise CxradError("[method] takes only `name`; method options go in the method's own tables.")
     data, run = dict(raw.get("data", {})), dict(raw.get("run", {}))
     if "source" not in data:
-        raise CxradError(f"{cfg_path}: [data] needs `source = \"...\"` (a folder or .tar of images).")
+        raise CxradError("[data] needs `source = \"...\"` (a folder or .tar of images).")
     base = _resolve_sample_root(cfg_path.parent).parent if embedded else cfg_path.parent.resolve()
 
     def _path(key: str) -> Path | None:
         value = data.pop(key, None)
-        return None if value is None else (base / _expand(cfg_path, key, str(value))).resolve()
+        if value is None:
+            return None
+        return (base / _expand(key, _string(value, f"[data] {key}", "a path"))).resolve()
 
     source, labels, split_file = _path("source"), _path("labels"), _path("split_file")
-    data_name = str(data.pop("name", source.stem))
+    name_key = "[data] name" if "name" in data else f"[data] name (default: the stem of {source})"
+    data_name = folder_name(data.pop("name", source.stem), name_key)
     if data:
-        raise CxradError(f"{cfg_path}: unknown key(s) in [data]: {', '.join(sorted(data))}.")
-    run_name = run.pop("name", None)
-    try:
-        method_tables = method.validate_tables({k: raw[k] for k in method.config_tables if k in raw}, run)
-        return PipelineConfig(
-            source=source, labels=labels, split_file=split_file, data_name=data_name,
-            run_name=str(run_name or f"{data_name}-{method.default_run_suffix(method_tables)}"),
-            method=method.name, method_tables=method_tables,
-            prepare=replace_known(PrepareConfig(), raw.get("prepare", {})),
-            score=replace_known(ScoreConfig(), raw.get("score", {})),
-            evaluate=replace_known(EvaluateConfig(), raw.get("evaluate", {})),
-            config_path=cfg_path.resolve(),
-        )
-    except CxradError as exc:
-        raise CxradError(f"{cfg_path}: {exc}") from None
+        raise CxradError(f"unknown key(s) in [data]: {', '.join(sorted(data))}.")
+    run_name = folder_name(run.pop("name"), "[run] name") if "name" in run else None
+    method_tables = method.validate_tables({k: raw[k] for k in method.config_tables if k in raw}, run)
+    return PipelineConfig(
+        source=source, labels=labels, split_file=split_file, data_name=data_name,
+        run_name=folder_name(run_name or f"{data_name}-{method.default_run_suffix(method_tables)}", "[run] name"),
+        method=method.name, method_tables=method_tables,
+        prepare=replace_known(PrepareConfig(), raw.get("prepare", {}), "prepare"),
+        score=replace_known(ScoreConfig(), raw.get("score", {}), "score"),
+        evaluate=replace_known(EvaluateConfig(), raw.get("evaluate", {}), "evaluate"),
+        config_path=cfg_path.resolve(),
+    )
 
 
 def _status(folder: Path, kind: str, has_checkpoint: Callable[[], bool] | None = None) -> tuple[str, str]:

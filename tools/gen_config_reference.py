@@ -168,7 +168,7 @@ def field_comments(cls: type) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 def type_text(tp: Any, raw: str) -> str:
     if raw == "Device":
-        return "str: `auto`, `cpu`, `cuda`, `cuda:N`, `mps`"
+        return "str: `auto`, `cpu`, `cuda`, `cuda:N`"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Literal:
         return "one of " + ", ".join(f"`{a}`" for a in args)

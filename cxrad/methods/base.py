@@ -93,7 +93,7 @@ class Method:
 
         if run_options:
             raise CxradError(f"unknown key(s) in [run]: {', '.join(sorted(run_options))}.")
-        return {name: replace_known(cls(), tables.get(name, {})) for name, cls in self.config_tables.items()}
+        return {name: replace_known(cls(), tables.get(name, {}), name) for name, cls in self.config_tables.items()}
 
     def default_run_suffix(self, tables: dict[str, Any]) -> str:
         """Run folder name after the data name when ``[run] name`` is not given."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cxrad.config import Device, StageConfig, at_least, in_range, operational
-from cxrad.errors import CxradError
+from cxrad.config import ConfigValueError, Device, StageConfig, at_least, in_range, operational
 
 Backbone = Literal["ae", "memae", "aeu"]
 RefineInputs = Literal["dual", "intra"]
@@ -49,8 +48,8 @@ class EnsembleConfig(StageConfig):
 
     def check(self) -> None:
         if self.members < 2:
-            raise CxradError(f"--members {self.members}: the intra-discrepancy needs K >= 2 members; "
-                             "use --members 3 (reference).")
+            raise ConfigValueError("members", self.members, "the intra-discrepancy needs K >= 2 members (the "
+                                   "reference trains 3).")
         at_least(self, 1, "epochs", "batch_size", "checkpoint_every", "latent_dim", "memory_items")
         in_range(self, "lr", 0.0, float("inf"), lo_open=True)
         in_range(self, "ema_decay", 0.0, 1.0, hi_open=True)
@@ -81,7 +80,8 @@ class SynthConfig(StageConfig):
         for name in ("centre_range", "half_width_range"):
             lo, hi = getattr(self, name)
             if not 0 <= lo < hi <= 1:
-                raise CxradError(f"{name} {lo} {hi}: need 0 <= low < high <= 1 (fractions of the side).")
+                raise ConfigValueError(name, (lo, hi), "need 0 <= low < high <= 1 (fractions of the side).",
+                                       shown=f"{lo} {hi}", label=name)
 
 
 @dataclass
@@ -122,4 +122,5 @@ class RefineConfig(StageConfig):
         in_range(self, "clip_quantile", 0.0, 1.0)
         lo, hi = self.level_jitter
         if not 0 < lo <= hi:
-            raise CxradError(f"level_jitter {lo} {hi}: need 0 < low <= high.")
+            raise ConfigValueError("level_jitter", (lo, hi), "need 0 < low <= high.", shown=f"{lo} {hi}",
+                                   label="level_jitter")

@@ -112,12 +112,26 @@ class DDADASR(Method):
 
     def validate_tables(self, tables: dict[str, Any], run_options: dict[str, Any]) -> dict[str, Any]:
         """Adds ``refine_inputs`` (from ``[run]``): which ASR-Nets `cxrad run` trains."""
+        from cxrad.config import toml_value
+
         options = dict(run_options)
-        refine_inputs = list(options.pop("refine_inputs", REFINE_INPUTS))
+        refine_inputs = options.pop("refine_inputs", list(REFINE_INPUTS))
+        if not isinstance(refine_inputs, list):
+            raise CxradError(f"[run] refine_inputs = {toml_value(refine_inputs)}: must be a list, e.g. "
+                             "[\"dual\"] or [\"dual\", \"intra\"].")
         for mode in refine_inputs:
             if mode not in REFINE_INPUTS:
-                raise CxradError(f"[run] refine_inputs holds {mode!r}; use \"dual\" and/or \"intra\".")
-        return {**super().validate_tables(tables, options), "refine_inputs": refine_inputs}
+                raise CxradError(f"[run] refine_inputs = {toml_value(refine_inputs)}: holds {toml_value(mode)}; "
+                                 "use \"dual\" and/or \"intra\".")
+        if len(set(refine_inputs)) < len(refine_inputs):
+            raise CxradError(f"[run] refine_inputs = {toml_value(refine_inputs)}: names an input twice.")
+        validated = super().validate_tables(tables, options)
+        synth_epochs, refine_epochs = validated["synthesize"].epochs, validated["refine"].epochs
+        if refine_inputs and refine_epochs > synth_epochs:
+            raise CxradError(f"[refine] epochs = {refine_epochs}: refine reads FPI recipes for every epoch, but "
+                             f"[synthesize] epochs = {synth_epochs}; set [synthesize] epochs to at least "
+                             f"{refine_epochs}.")
+        return {**validated, "refine_inputs": refine_inputs}
 
     def default_run_suffix(self, tables: dict[str, Any]) -> str:
         return tables["ensemble"].backbone
