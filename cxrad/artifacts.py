@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from cxrad import __version__
+from cxrad import __version__, locks
 from cxrad.config import identity_digest, to_jsonable
 from cxrad.errors import CxradError
 from cxrad.layout import MANIFEST as MANIFEST_NAME
@@ -389,8 +389,11 @@ def check_input_unchanged(record: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+@locks.locks_output
 def begin_output(folder: str | os.PathLike, kind: str, config: Any, *, force: bool) -> bool:
-    """Decide what to do with an output folder before a stage writes it.
+    """Decide what to do with an output folder before a stage writes it, holding its lock
+    (cxrad/locks.py: another process writing it is named and refused) from here until
+    :func:`finish_output` when the stage writes it.
 
     Returns ``False`` when a valid artifact of ``kind`` with the same config already exists (the
     stage is a no-op), ``True`` when the stage should (re)write it. Refuses, with the fix, a folder
@@ -445,5 +448,7 @@ def same_identity(manifest: dict[str, Any], config: Any) -> bool:
 
 
 def finish_output(folder: str | os.PathLike) -> None:
+    """The stage wrote ``folder`` (manifest last): drop the partial marker and the folder's lock."""
     with contextlib.suppress(FileNotFoundError):
         (Path(folder) / PARTIAL_MARKER).unlink()
+    locks.release(folder)

@@ -326,6 +326,15 @@ def predict(
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point: user errors -> one line on stderr, exit code from the error."""
     try:
+        _main(argv)
+    finally:
+        from cxrad import locks
+
+        locks.release_all()  # a stage that failed mid-write in this process must not keep its folder locked
+
+
+def _main(argv: Optional[List[str]]) -> None:
+    try:
         rv = app(args=argv, standalone_mode=False)
         if isinstance(rv, int) and rv:  # click returns the exit code of --help / ctx.exit in this mode
             sys.exit(rv)

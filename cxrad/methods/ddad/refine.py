@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrad import progress
+from cxrad import locks, progress
 from cxrad.artifacts import (
     begin_output,
     finish_output,
@@ -116,6 +116,7 @@ def _begin(out: Path, cfg: RefineConfig, *, resume: bool, force: bool) -> bool:
     if resume:
         if not ckpt.is_file():
             raise CxradError(f"{out}: nothing to resume (no {ASR_CHECKPOINT}); run without --resume.")
+        locks.acquire(out)  # as begin_output does; finish_output releases it
         # the old manifest must not describe the files this run rewrites
         (out / MANIFEST).unlink(missing_ok=True)
         (out / PARTIAL_MARKER).touch()

@@ -5,10 +5,14 @@ anything, creates or joins the run (RUN/manifest.json), trains the requested (mo
 jobs — members of one module that start from the same epoch train together as one batched model —
 and writes RUN/ensemble/manifest.json once every member of the run is complete, whichever
 process (SLURM array task) completes last. File layout: :class:`cxrad.layout.RunLayout`.
+Locks (cxrad/locks.py): the run only while its manifest is checked or written and while the
+ensemble manifest is written; each (module, member) while this process trains it, so array tasks
+training different members never wait for each other and two processes never train one member.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrad import progress
+from cxrad import locks, progress
 from cxrad.artifacts import (
     MANIFEST_NAME,
     input_record,
@@ -43,6 +47,7 @@ from cxrad.methods.ddad.trainer import BoundTrainer, GroupTrainer
 from cxrad.training_loop import Diverged, Interrupted, fit
 
 METHOD = "ddad"
+RUN_LOCK_WAIT_S = 300.0   # the run's lock is held for moments (checking or writing a manifest): always wait
 
 
 def member_seed(base: int, module: str, i: int, *, paired: bool) -> int:
@@ -147,6 +152,16 @@ def _differences(old: dict, new: dict) -> str:
     return ", ".join(keys) or "unknown"
 
 
+def _what_differs(old: dict, new: dict) -> str:
+    """Why an existing run's configuration is not this one, for the refusal."""
+    differs = _differences(old, new)
+    was, now = old.get("prepared") or {}, new.get("prepared") or {}
+    if differs == "prepared" and was.get("path") == now.get("path"):
+        return (f"already holds a run trained on {now.get('path')} as it was before it was prepared again (its "
+                "manifest changed since)")
+    return f"already holds a run with a different configuration (differs in: {differs})"
+
+
 # ---------------------------------------------------------------------------------------------
 # the run folder
 # ---------------------------------------------------------------------------------------------
@@ -178,10 +193,8 @@ def _check_run_folder(run: Path, config: dict, *, force: bool, resume: bool) -> 
     if old["config"] == to_jsonable(config):
         return False
     if not force:
-        raise CxradError(
-            f"{run}: already holds a run with a different configuration (differs in: "
-            f"{_differences(old['config'], to_jsonable(config))}); use --force to retrain it, or choose another --run."
-        )
+        raise CxradError(f"{run}: {_what_differs(old['config'], to_jsonable(config))}; use --force to retrain it, "
+                         "or choose another --run.")
     if resume:
         raise CxradError(f"{run}: the run's configuration differs, so it cannot be resumed; drop --resume.")
     return True
@@ -272,24 +285,51 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
     data_np, size = _load_data(prepared, modules, cfg.batch_size)
     config = run_config(cfg, prepared, size)
     digest = identity_digest(config)
+    with contextlib.ExitStack() as members_held:
+        with locks.holding(run, "set up", min_wait=RUN_LOCK_WAIT_S):
+            todo, status = _begin_run(run, cfg, config, digest, jobs, device, members_held, resume=resume,
+                                      force=force)
+        for module in modules:
+            # Members that start from the same epoch train together as one batched model.
+            groups: dict[int, list[int]] = {}
+            for m, i in todo:
+                if m == module:
+                    s, c = status[(m, i)]
+                    groups.setdefault(c["epoch"] if s == "ckpt" else 0, []).append(i)
+            if groups:
+                _train_module(run, prepared, cfg, config, digest, module, groups, status, data_np[module], device)
+    # this process's member locks are released: a process waiting for one of them never blocks this
+    with locks.holding(run, "set up", min_wait=RUN_LOCK_WAIT_S):
+        _finish_if_complete(run, config, digest, device)
+    return run
+
+
+def _begin_run(run: Path, cfg: EnsembleConfig, config: dict, digest: str, jobs: list[tuple[str, int]],
+               device: torch.device, members_held: contextlib.ExitStack, *, resume: bool,
+               force: bool) -> tuple[list[tuple[str, int]], dict]:
+    """Under the run's lock: check the run folder, create or replace the run manifest, lock this
+    process's members (another process training one of them is named and refused) and decide what
+    to train -> (the (module, member) jobs to train, the status of every job)."""
     new_manifest = _check_run_folder(run, config, force=force, resume=resume)
+    if (run / MANIFEST_NAME).is_file():
+        _lock_members(members_held, run, jobs)  # before reading their files: their trainer may be at work
 
     # --force deletes the requested members' checkpoints: never read them (one may be damaged)
     status = {job: _member_status(run, *job, digest, load_checkpoint=not force) for job in jobs}
     if not _check_resume(run, cfg, status, resume=resume, force=force):
-        _finish_if_complete(run, config, digest, device)
-        return run
+        return [], status
 
     # ---- from here on we write ----
     if new_manifest:
-        # The run manifest first: a concurrent SLURM array task that checks the folder in between
-        # must find a run, not a folder holding only ensemble/. An old ensemble manifest left for a
-        # moment is harmless: read_ensemble refuses it, its config differs from the new run's.
+        # The run manifest first: a process that checks the folder next must find a run, not a
+        # folder holding only ensemble/. An old ensemble manifest left for a moment is harmless:
+        # read_ensemble refuses it, its config differs from the new run's.
         run.mkdir(parents=True, exist_ok=True)
         write_manifest(run, "run", config, inputs={"prepared": config["prepared"]}, device=device_name(device),
                        extra={"method": METHOD})
         RunLayout(run).ensemble.mkdir(exist_ok=True)
         (RunLayout(run).ensemble / MANIFEST_NAME).unlink(missing_ok=True)
+        _lock_members(members_held, run, jobs)
     if force:
         (RunLayout(run).ensemble / MANIFEST_NAME).unlink(missing_ok=True)
         for job in jobs:
@@ -299,20 +339,15 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
     todo = [job for job in jobs if status[job][0] != "done"]
     if not todo:
         progress.log(f"{run}: already trained with this configuration (nothing to do); use --force to retrain.")
-        _finish_if_complete(run, config, digest, device)
-        return run
+    return todo, status
 
-    for module in modules:
-        # Members that start from the same epoch train together as one batched model.
-        groups: dict[int, list[int]] = {}
-        for m, i in todo:
-            if m == module:
-                s, c = status[(m, i)]
-                groups.setdefault(c["epoch"] if s == "ckpt" else 0, []).append(i)
-        if groups:
-            _train_module(run, prepared, cfg, config, digest, module, groups, status, data_np[module], device)
-    _finish_if_complete(run, config, digest, device)
-    return run
+
+def _lock_members(held: contextlib.ExitStack, run: Path, jobs: list[tuple[str, int]]) -> None:
+    """Hold the lock of each (module, member) this process trains until ``held`` closes. SLURM array
+    tasks train different members and never wait for each other; two processes training the same
+    member would overwrite each other's checkpoints."""
+    for module, i in jobs:
+        held.enter_context(locks.holding(RunLayout(run).module(module) / f"member-{i}", "trained"))
 
 
 def _check_resume(run: Path, cfg: EnsembleConfig, status: dict, *, resume: bool, force: bool) -> bool:
