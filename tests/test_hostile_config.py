@@ -243,3 +243,18 @@ def test_inspect_plain_file_names_it(cli, tmp_path, tiny_run):
     assert "`.`" not in line
     code, out, err = cli("inspect", tiny_run["run"] / "maps" / "test.h5")   # a file inside an artifact: its folder
     assert code == 0 and "kind: maps" in out, err
+
+
+# ---------------------------------------------------------------------------------------------
+# a damaged model is refused before --force deletes the old maps or evaluation
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage, folder", [("score", "maps"), ("evaluate", "eval")])
+def test_damaged_member_is_named_before_force_deletes(cli, tiny_run, tmp_path, stage, folder):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    member = run / "ensemble" / "ndm" / "member-0.pt"
+    member.write_bytes(bytes(member.stat().st_size))   # same size: the manifest's size check passes
+    before = _snapshot(run)
+    _one_line(*cli(stage, run, "--force"), member, "damaged")
+    assert (run / folder / "manifest.json").is_file()
+    assert _snapshot(run) == before

@@ -76,12 +76,14 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
     if not force and old.is_file() and is_valid(out, "eval"):
         if json.loads(old.read_text()).get("inputs") != json.loads(json.dumps(inputs)):
             force = True
+    source = SplitScores(info, method, device, records, "cxrad evaluate")
+    if force and not uses_maps:  # the models load before --force deletes the old evaluation: a damaged one
+        _ = source.scorer        # is refused with nothing lost
     if not begin_output(out, "eval", cfg, force=force):
         progress.log(f"cxrad evaluate: {out} is up to date.")
         return json.loads((out / "metrics.json").read_text())
     remove_stale_temporaries(out)  # what a killed earlier run left half-written
 
-    source = SplitScores(info, method, device, records, "cxrad evaluate")
     test = source.split(cfg.split)
     normal = source.split(calib)
     rows = normal_rows(calib, normal.labels)

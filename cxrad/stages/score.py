@@ -46,11 +46,13 @@ def score(run: Path, cfg: ScoreConfig, force: bool = False) -> Path:
     records = artifact_records(info, method)
     if (out / "manifest.json").is_file() and not maps_are_current(info, records):
         force = True  # derived from artifacts that changed since: stale, safe to replace
+    # the models load before --force deletes the old maps: a damaged one is refused with nothing lost
+    scorer = method.load_scorer(info, device) if force else None
     if not begin_output(out, "maps", cfg, force=force):
         progress.log(f"cxrad score: {out} is up to date.")
         return out
     remove_stale_temporaries(out)  # what a killed earlier run left half-written
-    scorer = method.load_scorer(info, device)
+    scorer = scorer or method.load_scorer(info, device)
     t0 = time.perf_counter()
     timings, counts = {}, {}
     for split in splits:
