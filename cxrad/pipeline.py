@@ -38,11 +38,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cxrad import methods, progress
-from cxrad.artifacts import MANIFEST_NAME, is_valid, read_manifest, to_jsonable
+from cxrad.artifacts import MANIFEST_NAME, is_valid, read_manifest, same_identity, sha256_file, to_jsonable
 from cxrad.config import EvaluateConfig, PrepareConfig, ScoreConfig, replace_known, toml_value
 from cxrad.errors import CxradError
 from cxrad.layout import RunLayout
 from cxrad.stages.evaluate import evaluate
+from cxrad.stages.prepare import _record as prepare_record
 from cxrad.stages.prepare import prepare
 from cxrad.stages.score import score
 
@@ -185,10 +186,13 @@ def _parse(raw: dict[str, Any], cfg_path: Path, embedded: bool) -> PipelineConfi
     )
 
 
-def _status(folder: Path, kind: str, has_checkpoint: Callable[[], bool] | None = None) -> tuple[str, str]:
-    """("skip"|"resume"|"run", why) for one stage output."""
+def _status(folder: Path, kind: str, has_checkpoint: Callable[[], bool] | None = None,
+            config: Callable[[], Any] | None = None) -> tuple[str, str]:
+    """("skip"|"resume"|"run", why) for one stage output; "skip" only when the stage itself would
+    find the output up to date (made with ``config()``, from unchanged inputs)."""
     if is_valid(folder, kind):
-        return "skip", "valid output exists"
+        stale = _out_of_date(folder, kind, config)
+        return ("skip", "valid output exists") if stale is None else ("run", stale)
     if (folder / MANIFEST_NAME).exists():
         try:
             read_manifest(folder, kind)
@@ -199,27 +203,56 @@ def _status(folder: Path, kind: str, has_checkpoint: Callable[[], bool] | None =
     return "run", "no output yet" if not folder.exists() else "unfinished output"
 
 
+def _out_of_date(folder: Path, kind: str, config: Callable[[], Any] | None) -> str | None:
+    """Why a valid output is not what its stage would make now (None: it is): made with another
+    configuration (the stage refuses it without --force), or — maps and evaluations, which their
+    stages redo by themselves — made from inputs that changed since."""
+    try:
+        manifest = read_manifest(folder, kind)
+        if config is not None and not same_identity(manifest, config()):
+            return "output made with another configuration (the stage replaces it only with --force)"
+        if kind not in ("maps", "eval"):
+            return None
+        for name, record in manifest.get("inputs", {}).items():
+            if isinstance(record, dict) and record.get("path") and record.get("manifest_sha256"):
+                source = Path(record["path"]) / MANIFEST_NAME
+                if not source.is_file() or sha256_file(source) != record["manifest_sha256"]:
+                    return f"its input {name} changed since"
+    except CxradError as exc:
+        return f"cannot tell whether it is current ({exc})"
+    return None
+
+
 def plan(cfg: PipelineConfig, workdir: Path, force: bool = False) -> list[Step]:
-    """The steps in order, each with what will happen and why."""
+    """The steps in order, each with what will happen and why.
+
+    Once a step runs, every later step is called too: it may depend on what the earlier one
+    writes, and its stage decides by itself whether its output is still up to date.
+    """
     prepared = workdir / "prepared" / cfg.data_name
     run = workdir / "runs" / cfg.run_name
     layout = RunLayout(run)
     steps: list[Step] = []
 
-    def add(name: str, output: Path, kind: str, call: Callable[[bool], Any], ckpt: Callable[[], bool] | None = None):
-        action, why = _status(output, kind, ckpt)
+    def add(name: str, output: Path, kind: str, call: Callable[[bool], Any], ckpt: Callable[[], bool] | None = None,
+            config: Callable[[], Any] | None = None):
+        action, why = _status(output, kind, ckpt, config)
         if force and action == "skip":
             action, why = "run", "--force"
+        elif action == "skip" and any(s.action != "skip" for s in steps):
+            action, why = "run", "an earlier step runs: this one checks its output again"
         steps.append(Step(name, output, action, why, lambda: call(action == "resume")))
 
     add("prepare", prepared, "prepared",
         lambda _r: prepare(cfg.source, prepared, cfg.prepare, labels=cfg.labels,
-                           split_file=cfg.split_file, force=force))
+                           split_file=cfg.split_file, force=force),
+        config=lambda: prepare_record(cfg.prepare, cfg.source, cfg.labels, cfg.split_file))
     method = methods.get(cfg.method)
     for step in method.pipeline_steps(prepared=prepared, run_dir=run, tables=cfg.method_tables, force=force):
-        add(step.name, step.output, step.kind, step.call, step.has_checkpoint)
-    add("score", layout.maps, "maps", lambda _r: score(run, cfg.score, force=force))
-    add("evaluate", layout.eval, "eval", lambda _r: evaluate(run, cfg.evaluate, force=force))
+        add(step.name, step.output, step.kind, step.call, step.has_checkpoint, step.config)
+    add("score", layout.maps, "maps", lambda _r: score(run, cfg.score, force=force), config=lambda: cfg.score)
+    add("evaluate", layout.eval, "eval", lambda _r: evaluate(run, cfg.evaluate, force=force),
+        config=lambda: cfg.evaluate)
     return steps
 
 

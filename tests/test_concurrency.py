@@ -199,6 +199,7 @@ def test_two_runs_on_one_workdir_end_consistent(cli, tmp_path):
             assert line.startswith("cxrad: error: ") and f"(pid {other} on {socket.gethostname()}" in line, err
     run, prepared = work / "runs" / "twice", work / "prepared" / "sample32"
     _all_stages_agree_they_are_done(cli, config, work, run, prepared)
+    _dry_run_agrees_when_not_done(cli, config, work, run, prepared)
 
 
 def _all_stages_agree_they_are_done(cli, config: Path, work: Path, run: Path, prepared: Path) -> None:
@@ -222,6 +223,30 @@ def _all_stages_agree_they_are_done(cli, config: Path, work: Path, run: Path, pr
         assert code == 0, (args, err)
     after = {**_snapshot(run), **{f"prepared/{k}": v for k, v in _snapshot(prepared).items()}}
     assert after == before
+
+
+def _dry_run_agrees_when_not_done(cli, config: Path, work: Path, run: Path, prepared: Path) -> None:
+    """A step whose output was made with another configuration, or from data prepared again, is not
+    "skip" in the plan (its stage would refuse it), and the steps after it are checked again."""
+    edited = config.with_name("edited.toml")
+    edited.write_text(config.read_text().replace("[synthesize]\nepochs = 2", "[synthesize]\nepochs = 3"))
+    code, out, err = cli("run", edited, "--workdir", work, "--dry-run", "--json")
+    steps = {s["name"]: s for s in json.loads(out)["steps"]}
+    assert steps["train-ensemble"]["action"] == "skip" and steps["synthesize"]["action"] == "run", steps
+    assert "another configuration" in steps["synthesize"]["reason"]
+    assert all(steps[name]["action"] == "run" for name in ("refine (dual)", "score", "evaluate")), steps
+    code, _, err = cli("run", edited, "--workdir", work)
+    assert code == 2 and f"{run / 'synth'}: already holds a synth artifact made with a different configuration" \
+        in err, err
+    code, _, err = cli("prepare", SAMPLE, "--out", prepared, "--labels", SAMPLE / "labels.csv", "--size", "32",
+                       "--force")
+    assert code == 0, err
+    code, out, err = cli("run", config, "--workdir", work, "--dry-run", "--json")
+    steps = {s["name"]: s for s in json.loads(out)["steps"]}
+    assert steps["prepare"]["action"] == "skip" and steps["train-ensemble"]["action"] == "run", steps
+    code, _, err = cli("train-ensemble", prepared, "--run", run, "--members", "2", "--epochs", "2", "--batch-size",
+                       "16")
+    assert code == 2 and "as it was before it was prepared again" in err, err
 
 
 def test_run_on_data_prepared_again_says_so(cli, prepared_sample32, tmp_path):

@@ -45,13 +45,16 @@ class Scorer:
 @dataclass
 class PipelineStep:
     """One method-specific step of `cxrad run`: its name, output folder and artifact kind, the
-    call that makes it (argument: resume), and how to tell an interrupted step (checkpoint)."""
+    call that makes it (argument: resume), how to tell an interrupted step (checkpoint), and the
+    configuration its stage records in the manifest (so that `cxrad run` skips the step only when
+    the stage would find the output up to date)."""
 
     name: str
     output: Path
     kind: str
     call: Callable[[bool], Any]
     has_checkpoint: Optional[Callable[[], bool]] = None
+    config: Optional[Callable[[], Any]] = None
 
 
 class Method:

@@ -141,22 +141,23 @@ class DDADASR(Method):
         from cxrad.layout import RunLayout
         from cxrad.methods.ddad.refine import refine
         from cxrad.methods.ddad.synthesize import synthesize
-        from cxrad.methods.ddad.train_ensemble import has_checkpoints, train_ensemble
+        from cxrad.methods.ddad.train_ensemble import expected_run_config, has_checkpoints, train_ensemble
 
         layout = RunLayout(run_dir)
         ens_cfg, synth_cfg, refine_cfg = tables["ensemble"], tables["synthesize"], tables["refine"]
         steps = [
             PipelineStep("train-ensemble", layout.ensemble, "ensemble",
                          lambda r: train_ensemble(prepared, run_dir, ens_cfg, resume=r, force=force and not r),
-                         lambda: has_checkpoints(run_dir, ens_cfg)),
-            PipelineStep("synthesize", layout.synth, "synth", lambda _r: synthesize(run_dir, synth_cfg, force=force)),
+                         lambda: has_checkpoints(run_dir, ens_cfg), lambda: expected_run_config(ens_cfg, prepared)),
+            PipelineStep("synthesize", layout.synth, "synth", lambda _r: synthesize(run_dir, synth_cfg, force=force),
+                         config=lambda: synth_cfg),
         ]
         for mode in tables.get("refine_inputs", REFINE_INPUTS):
             rcfg = dataclasses.replace(refine_cfg, inputs=mode)
             steps.append(PipelineStep(
                 f"refine ({mode})", layout.refine(mode), "refine",
                 lambda r, rcfg=rcfg: refine(run_dir, rcfg, resume=r, force=force and not r),
-                lambda mode=mode: any(layout.refine(mode).glob("*.ckpt"))))
+                lambda mode=mode: any(layout.refine(mode).glob("*.ckpt")), lambda rcfg=rcfg: rcfg))
         return steps
 
 

@@ -139,6 +139,13 @@ def run_config(cfg: EnsembleConfig, prepared: Path, size: int) -> dict[str, Any]
     return body
 
 
+def expected_run_config(cfg: EnsembleConfig, prepared: Path) -> dict[str, Any]:
+    """The run configuration `train-ensemble` would record for ``cfg`` on ``prepared`` (the ensemble
+    manifest's too), without loading the images: how `cxrad run` tells whether the step is done."""
+    read_manifest(prepared, "prepared")
+    return run_config(cfg, prepared, int(preprocessing_of(prepared)["size"]))
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """A small JSON file, or None when missing or unreadable (a member not finished)."""
     try:
