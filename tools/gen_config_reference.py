@@ -268,7 +268,10 @@ def commands_section(group) -> list[str]:
         out.append(f"| [`cxrad {name}`](#cxrad-{name}) | {cell(help_summary(name))} |")
     out += ["", "Global options (before the command): `--version` prints cxrad, torch/CUDA, h5py, pydicom and "
             "numpy versions; `--no-progress` prints plain log lines instead of progress bars (also "
-            "`CXRAD_NO_PROGRESS=1`). A user error prints one line starting `cxrad: error:` and exits non-zero.", ""]
+            "`CXRAD_NO_PROGRESS=1`). A user error prints one line starting `cxrad: error:` and exits non-zero; "
+            "exit code 75 means another cxrad process is writing the output folder (it is named), and "
+            "`CXRAD_LOCK_WAIT=SECONDS` makes a command wait for it instead (docs/artifacts.md, \"Concurrent use\").",
+            ""]
     for name in names:
         cmd = group.commands[name]
         out += [f"### `cxrad {name}`", "", help_summary(name), "", "```", usage(name, cmd), "```", "",
