@@ -156,8 +156,7 @@ def _wait_for(fd: int, lock: Path, path: Path, what: str, wait: float) -> bool:
             raise CxradError(f"{path}: being {what} by {describe_holder(holder)}; wait until it ends (or set "
                              f"{WAIT_ENV}=SECONDS to wait for it), or write elsewhere.", exit_code=EXIT_BUSY)
         if not told and time.monotonic() - start > 1:
-            progress.log(f"{path}: being {what} by {describe_holder(holder)}; waiting up to {left:.0f} s "
-                         f"({WAIT_ENV}).")
+            progress.log(f"{path}: being {what} by {describe_holder(holder)}; waiting up to {left:.0f} s.")
             told = True
         time.sleep(min(0.2, max(left, 0.01)))
 
@@ -183,6 +182,18 @@ def release_all() -> None:
     """Give up every lock this process holds (the CLI calls it when a command ends, however it ends)."""
     for lock in list(_held):
         _release(lock)
+
+
+def _forget_in_child() -> None:
+    """In a forked child (a decoding worker): close the inherited lock files without unlocking them,
+    so the locks stay the parent's and end with it, not with a worker that outlives it."""
+    for held in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(held.fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def holds(path: str | os.PathLike) -> bool:
