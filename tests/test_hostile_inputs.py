@@ -20,6 +20,7 @@ import pydicom
 import pytest
 from conftest import SAMPLE
 from PIL import Image
+from toy_method import ToyMethod
 
 from cxrad import methods
 from cxrad.artifacts import input_record, is_valid, write_manifest
@@ -29,8 +30,6 @@ from cxrad.io.images import load_image
 from cxrad.io.raster import LUMA, decode_raster, to_gray
 from cxrad.io.sources import list_entries
 from cxrad.io.store import load_split, preprocessing_of, read_rejects
-from cxrad.methods.base import Method, Scorer
-from cxrad.scores import ScoredImages, ScoreSpec, image_score
 
 MONO1 = SAMPLE / "dicom" / "pydicom-data_RG1_UNCR_chest_CR.dcm"  # native, MONOCHROME1, window 30000
 JPEG_DCM = SAMPLE / "dicom" / "txv_siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819_chest_CR.dcm"
@@ -406,28 +405,8 @@ def test_luma_by_row_blocks_is_the_whole_image_product():
 # ---------------------------------------------------------------------------------------------
 # predict: the same readers, suffixes and rejects (a toy method: no training)
 # ---------------------------------------------------------------------------------------------
-class _MeanScorer(Scorer):
-    names = ("D_mean",)
-
-    def __init__(self, mean: np.ndarray):
-        self.mean = mean
-
-    def score(self, images01, *, batch_size=64, label=None) -> ScoredImages:
-        d = (np.asarray(images01, np.float32) - self.mean[None]) ** 2
-        return ScoredImages({"D_mean": d}, {"D_mean": image_score(d)})
-
-
-class _MeanMethod(Method):
+class _MeanMethod(ToyMethod):
     name = "hostile-mean"
-    title = "mean-image distance"
-    specs = (ScoreSpec("D_mean", "(x - mean normal image)^2", priority=0),)
-    overlay_maps = ("D_mean",)
-
-    def check_ready(self, run, *, for_command):
-        pass
-
-    def load_scorer(self, run, device) -> _MeanScorer:
-        return _MeanScorer(np.load(run.root / "mean.npy"))
 
 
 @pytest.fixture

@@ -15,45 +15,17 @@ import numpy as np
 import pytest
 from conftest import SAMPLE
 from sklearn.metrics import roc_auc_score
+from toy_method import MEAN_FILE, ToyMethod
 
 from cxrad import methods
 from cxrad.artifacts import input_record, write_manifest
 from cxrad.errors import CxradError
 from cxrad.io.store import load_split, preprocessing_of
-from cxrad.methods.base import Method, Scorer
-from cxrad.scores import ScoredImages, ScoreSpec, image_score
-
-MEAN_FILE = "mean.npy"
 
 
 # ---------------------------------------------------------------------------------------------
 # the toy method (tests only)
 # ---------------------------------------------------------------------------------------------
-class MeanDistanceScorer(Scorer):
-    names = ("D_mean",)
-
-    def __init__(self, mean: np.ndarray):
-        self.mean = mean
-
-    def score(self, images01, *, batch_size=64, label=None) -> ScoredImages:
-        d = (np.asarray(images01, np.float32) - self.mean[None]) ** 2
-        return ScoredImages({"D_mean": d}, {"D_mean": image_score(d)})
-
-
-class ToyMethod(Method):
-    name = "toy"
-    title = "mean-image distance"
-    specs = (ScoreSpec("D_mean", "(x - mean normal image)^2", priority=0),)
-    overlay_maps = ("D_mean",)
-
-    def check_ready(self, run, *, for_command):
-        if not (run.root / MEAN_FILE).is_file():
-            raise CxradError(f"{run.root}: no {MEAN_FILE}; fit the toy method before `{for_command}`.")
-
-    def load_scorer(self, run, device) -> MeanDistanceScorer:
-        return MeanDistanceScorer(np.load(run.root / MEAN_FILE))
-
-
 def fit(prepared: Path, run: Path) -> Path:
     """The toy's training command: the mean normal image, in a run folder of kind "run"."""
     run.mkdir(parents=True)
