@@ -150,9 +150,10 @@ def _test_maps(run: Path, device):
 
 
 def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: str, asr_epochs: int) -> dict:
+    from cxrad.layout import ASR_CHECKPOINT, RunLayout
     from cxrad.methods.ddad.refine import refine
     from cxrad.methods.ddad.synthesize import synthesize
-    from cxrad.methods.ddad.train_ensemble import train_ensemble
+    from cxrad.methods.ddad.train_ensemble import has_checkpoints, train_ensemble
     from cxrad.stages.evaluate import evaluate
     from cxrad.stages.prepare import prepare
     from cxrad.stages.score import score
@@ -168,7 +169,9 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         return out
 
     timed("prepare", lambda: prepare(args.source, prepared, cfgs["prepare"], labels=args.labels))
-    timed("train-ensemble", lambda: train_ensemble(prepared, run, cfgs["ensemble"]))
+    # a run cut short (end of a session, SIGTERM) continues from its checkpoints when started again
+    timed("train-ensemble", lambda: train_ensemble(prepared, run, cfgs["ensemble"],
+                                                   resume=has_checkpoints(run, cfgs["ensemble"])))
     timed("synthesize", lambda: synthesize(run, cfgs["synth"]))
     test_maps = _test_maps(run, device) if args.log_epoch_auc else None
     for mode in args.refine_inputs:
@@ -177,7 +180,9 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
             per_epoch[f"R_{mode}"] = []
             cb = _epoch_logger(test_maps[0], test_maps[1], per_epoch[f"R_{mode}"])
         rcfg = dataclasses.replace(cfgs["refine"], inputs=mode)
-        timed(f"refine-{mode}", lambda rcfg=rcfg, cb=cb: refine(run, rcfg, on_epoch=cb))
+        ckpt = RunLayout(run).refine(mode) / ASR_CHECKPOINT
+        timed(f"refine-{mode}", lambda rcfg=rcfg, cb=cb, ckpt=ckpt: refine(run, rcfg, resume=ckpt.is_file(),
+                                                                            on_epoch=cb))
     timed("score", lambda: score(run, cfgs["score"]))
     metrics = timed("evaluate", lambda: evaluate(run, cfgs["evaluate"]))
     timings["total"] = round(sum(timings.values()), 2)

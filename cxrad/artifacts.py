@@ -38,6 +38,7 @@ PRODUCER = {
     "maps": "cxrad score",
     "synth": "cxrad synthesize",
     "refine": "cxrad refine",
+    "model": "cxrad fit",
     "eval": "cxrad evaluate",
     "predictions": "cxrad predict",
 }

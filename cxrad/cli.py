@@ -172,6 +172,28 @@ def train_ensemble(
     typer.echo(run_train(prepared, run, cfg, member=member, resume=resume, force=force))
 
 
+# -- fit: methods with one trained model (SimSID, PatchCore, WSCXR) ------------------------------
+@app.command()
+def fit(
+    prepared: Path = typer.Argument(..., help="Prepared data folder (`cxrad prepare`)."),
+    run: Path = typer.Option(..., "--run", help="Run folder to create or continue."),
+    method: str = typer.Option(..., "--method", help="simsid | patchcore | wscxr (docs/methods.md)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file whose [<method>] table sets options "
+                                                                 "(a `cxrad run` config works)."),
+    set_: List[str] = typer.Option([], "--set", help="One option as key=value (TOML value syntax), after "
+                                                     "--config; repeatable. Keys: docs/cli.md."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/model/checkpoint.ckpt."),
+    force: bool = typer.Option(False, "--force", help="Retrain / replace a run of another configuration."),
+) -> None:
+    """Train a single-model method (SimSID, PatchCore, WSCXR) on prepared data -> RUN/model/."""
+    from cxrad.methods.fitting import fit as run_fit
+    from cxrad.methods.fitting import method_config
+
+    cfg = method_config(method, config_file=config, assignments=set_, device=device)
+    typer.echo(run_fit(prepared, run, method, cfg, resume=resume, force=force))
+
+
 # -- score / synthesize / refine / evaluate (DDAD stage 2 and evaluation) ----------------------
 @app.command()
 def score(

@@ -21,6 +21,9 @@ A run::
     RUN/refine/<inputs>/asr.pt            kind "refine": ASR-Net + what applying it needs;
                                           checkpoint.ckpt (resume state), log.json (per-epoch loss)
 
+    Single-model methods' folder (SimSID, PatchCore, WSCXR; `cxrad fit`):
+    RUN/model/model.pt, log.json          kind "model": the kept state; checkpoint.ckpt while training
+
 Every artifact folder also holds ``.cxrad-partial`` while a stage writes it.
 See docs/artifacts.md for the manifest schema.
 """
@@ -114,6 +117,13 @@ class RunLayout:
     def refine(self, inputs: str) -> Path:
         return self.root / "refine" / inputs
 
+    # -- single-model methods (SimSID, PatchCore, WSCXR: cxrad/methods/fitting.py) ---------------
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
 
 # file names inside a refine folder
 ASR_MODEL, ASR_CHECKPOINT, ASR_LOG = "asr.pt", "checkpoint.ckpt", "log.json"
+# file names inside RUN/model (`cxrad fit`)
+MODEL_WEIGHTS, MODEL_CHECKPOINT, MODEL_LOG = "model.pt", "checkpoint.ckpt", "log.json"

@@ -43,6 +43,17 @@ TABLES: list[tuple[str | None, type, str]] = [
     ("evaluate", EvaluateConfig, "evaluate"),
     (None, PredictConfig, "predict"),
 ]
+
+
+
+def fit_tables() -> list[tuple[str | None, type, str]]:
+    """The config table of every method trained by `cxrad fit` (SimSID, PatchCore, WSCXR...)."""
+    from cxrad import methods
+    from cxrad.methods.fitting import fit_method_names
+
+    return [(methods.get(n).table, methods.get(n).config_cls, "fit") for n in fit_method_names()]
+
+
 HELP_ENV = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
 
 HEADER = """\
@@ -323,7 +334,8 @@ def render() -> str:
     out = [HEADER]
     out += commands_section(group)
     text = PIPELINE_TABLES
-    for table, cls, command in TABLES:
+    tables = TABLES + fit_tables()
+    for table, cls, command in tables:
         if table is not None:
             text += f"| `[{table}]` | `{cls.__name__}` | `cxrad {command}` |\n"
     out.append(text)
@@ -331,7 +343,7 @@ def render() -> str:
             "One table per stage config dataclass. *CLI option*: the option of the stage's command that "
             "sets the field (empty: TOML only). Defaults are written as TOML values; `unset` means the "
             "key is absent.", ""]
-    for table, cls, command in TABLES:
+    for table, cls, command in tables:
         out += config_section(table, cls, command, group)
     return "\n".join(out).rstrip() + "\n"
 
