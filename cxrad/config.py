@@ -40,6 +40,13 @@ def operational(default: Any) -> Any:
     return field(default=default, metadata={"operational": True})
 
 
+def added_field(default: Any) -> Any:
+    """An identity field added after artifacts were made by its stage: left out of the identity while
+    it holds ``default`` (what those artifacts were made with), so they keep their identity and a
+    re-run stays a no-op; any other value makes a different artifact."""
+    return field(default=default, metadata={"omit_at_default": True})
+
+
 def operational_fields(cfg_or_type: Any) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cfg_or_type) if f.metadata.get("operational"))
 
@@ -65,11 +72,13 @@ def identity(obj: Any) -> Any:
     """The part of a configuration that decides an artifact's content, as plain JSON types.
 
     Like :func:`to_jsonable`, but every operational field of every dataclass inside ``obj`` is left
-    out. This is the one place that decides whether two configurations are "the same".
+    out, and so is an :func:`added_field` that holds its default. This is the one place that decides
+    whether two configurations are "the same".
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: identity(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.metadata.get("operational")}
+                if not f.metadata.get("operational")
+                and not (f.metadata.get("omit_at_default") and getattr(obj, f.name) == f.default)}
     if isinstance(obj, dict):
         return {str(k): identity(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -242,6 +251,8 @@ class PrepareConfig(StageConfig):
                                         # decision threshold comes from their scores (training normals
                                         # score lower than unseen ones: docs/method.md, "Thresholds")
     seed: int = 0
+    anomaly_shots: int = added_field(0)  # labelled abnormal training images kept (split `anomaly`, first K
+                                        # rows in file order); only weakly supervised methods read them
 
     def check(self) -> None:
         if self.size < 8 or self.size > 4096:
@@ -251,7 +262,7 @@ class PrepareConfig(StageConfig):
             raise CxradError(f"--percentiles {lo} {hi}: need 0 <= low < high <= 100.")
         at_least(self, 1, "workers")
         in_range(self, "max_megapixels", 0.0, 10_000.0, lo_open=True)
-        at_least(self, 0, "normal_count", "unlabeled_count", "val_normals")
+        at_least(self, 0, "normal_count", "unlabeled_count", "val_normals", "anomaly_shots")
         in_range(self, "anomaly_rate", 0.0, 1.0)
         in_range(self, "test_fraction", 0.0, 1.0, hi_open=True)
 

@@ -13,6 +13,7 @@ config dataclasses; docs/cli.md lists them)::
     source = "sample_data"          # folder, .tar, or folder with the split file; relative to the TOML
     labels = "sample_data/labels.csv"   # optional: CSV path,label[,split][,patient_id]
     split_file = "data.json"        # optional: authors' split format
+    anomalies = "fewshot.csv"       # optional: labelled abnormal training images ([prepare] anomaly_shots)
     name = "sample"                 # prepared folder name under <workdir>/prepared/
 
     [method]
@@ -71,6 +72,7 @@ class PipelineConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     config_path: Path | None = None
+    anomalies: Path | None = None   # [data] anomalies: labelled abnormal training images (CSV)
 
 
 @dataclass
@@ -169,6 +171,7 @@ def _parse(raw: dict[str, Any], cfg_path: Path, embedded: bool) -> PipelineConfi
         return (base / _expand(key, _string(value, f"[data] {key}", "a path"))).resolve()
 
     source, labels, split_file = _path("source"), _path("labels"), _path("split_file")
+    anomalies = _path("anomalies")
     name_key = "[data] name" if "name" in data else f"[data] name (default: the stem of {source})"
     data_name = folder_name(data.pop("name", source.stem), name_key)
     if data:
@@ -182,7 +185,7 @@ def _parse(raw: dict[str, Any], cfg_path: Path, embedded: bool) -> PipelineConfi
         prepare=replace_known(PrepareConfig(), raw.get("prepare", {}), "prepare"),
         score=replace_known(ScoreConfig(), raw.get("score", {}), "score"),
         evaluate=replace_known(EvaluateConfig(), raw.get("evaluate", {}), "evaluate"),
-        config_path=cfg_path.resolve(),
+        config_path=cfg_path.resolve(), anomalies=anomalies,
     )
 
 
@@ -245,8 +248,8 @@ def plan(cfg: PipelineConfig, workdir: Path, force: bool = False) -> list[Step]:
 
     add("prepare", prepared, "prepared",
         lambda _r: prepare(cfg.source, prepared, cfg.prepare, labels=cfg.labels,
-                           split_file=cfg.split_file, force=force),
-        config=lambda: prepare_record(cfg.prepare, cfg.source, cfg.labels, cfg.split_file))
+                           split_file=cfg.split_file, force=force, anomalies=cfg.anomalies),
+        config=lambda: prepare_record(cfg.prepare, cfg.source, cfg.labels, cfg.split_file, cfg.anomalies))
     method = methods.get(cfg.method)
     for step in method.pipeline_steps(prepared=prepared, run_dir=run, tables=cfg.method_tables, force=force):
         add(step.name, step.output, step.kind, step.call, step.has_checkpoint, step.config)

@@ -106,3 +106,38 @@ def test_generic_stages_load_no_method_code():
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# labelled anomalies: only a weakly supervised method reads them
+# --------------------------------------------------------------------------------------------
+READS_LABELLED_ANOMALIES = (METHODS / "wscxr",)   # packages allowed to pass labelled_anomalies=True
+GUARD_MODULE = PACKAGE / "io" / "store.py"       # defines the guard (its own keyword defaults to False)
+
+
+def _labelled_anomaly_reads(path: Path) -> list[int]:
+    """Lines of calls in ``path`` that pass ``labelled_anomalies`` as anything but the constant False
+    (True, a variable, ``**kwargs`` that could hold it)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        for kw in node.keywords:
+            if kw.arg == "labelled_anomalies" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_anomaly_scan_sees_a_read(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("load_split(p, 'anomaly', labelled_anomalies=True)\nload_split(p, 'normal', "
+                     "labelled_anomalies=False)\nf(labelled_anomalies=flag)\n")
+    assert _labelled_anomaly_reads(probe) == [1, 3]
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_a_weakly_supervised_method_reads_labelled_anomalies(path):
+    if path == GUARD_MODULE or any(folder in path.parents for folder in READS_LABELLED_ANOMALIES):
+        return
+    assert not _labelled_anomaly_reads(path), f"{path.relative_to(PACKAGE)} passes labelled_anomalies " \
+                                              "(only cxrad/methods/wscxr/ may read the labelled anomalies)"

@@ -90,6 +90,7 @@ else `./cxrad-work`): `prepared/<data name>/` and `runs/<run name>/`.
 | `source` | folder, uncompressed `.tar`, or folder holding the images named by `split_file` (required) |
 | `labels` | optional CSV `path,label[,split][,patient_id]`, paths relative to `source` |
 | `split_file` | optional `data.json` in the authors' released split format |
+| `anomalies` | optional CSV of labelled abnormal training images (`--anomalies`); `[prepare] anomaly_shots` keeps the first K |
 | `name` | folder name under `<workdir>/prepared/` (default: the stem of `source`) |
 
 Relative paths are relative to the TOML file. `${VAR}` and `$VAR` are expanded from the

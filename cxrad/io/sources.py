@@ -10,10 +10,15 @@ Three ways to label (:func:`list_entries`):
   other class 1; ``<top>`` is the single top folder when SOURCE holds nothing else.
 * ``--labels CSV`` with ``path,label[,split][,patient_id]`` (extra columns ignored): label 0, 1 or
   empty (unknown); split ``normal``/``unlabeled``/``test``/``val`` names a final set, ``train`` or
-  empty puts the image in the pool from which Dn/Du are drawn.
+  empty puts the image in the pool from which Dn/Du are drawn; ``anomaly`` (label 1) marks a
+  labelled abnormal *training* image for weakly supervised methods (`prepare --anomaly-shots K`
+  keeps the first K such rows in file order).
 * ``--split-file data.json`` of the authors' benchmarks: ``{"train": {"0": [...], "unlabeled":
   {"0": [...], "1": [...]}}, "test": {"0": [...], "1": [...]}}``; names are looked up relative to
   SOURCE, then to ``SOURCE/images`` (where the authors' archives keep them).
+
+Labelled anomalies may instead come from a second CSV (``--anomalies``, same columns, split
+``anomaly`` or empty, label 1), so that a benchmark's split file stays as published.
 
 Whole-input problems raise :class:`CxradError`; per-file problems become (path, reason) rejects.
 """
@@ -35,8 +40,9 @@ from typing import Any, Iterator, Optional
 from cxrad.artifacts import sha256_file
 from cxrad.errors import CxradError
 
+ANOMALY = "anomaly"   # the labelled-anomaly set (cxrad.io.store.ANOMALY_SET)
 SPLIT_ALIASES = {"normal": "normal", "unlabeled": "unlabeled", "unlabelled": "unlabeled", "test": "test",
-                 "val": "val", "train": "", "": ""}
+                 "val": "val", "train": "", "": "", ANOMALY: ANOMALY}
 LAYOUT_SPLITS = {"train": "", "test": "test", "val": "val"}
 
 # The file names a folder scan reads, for `prepare` (folder layout) and `predict` (folders) alike:
@@ -112,6 +118,10 @@ class Listing:
     rejects: list[tuple[str, str]] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)   # manifest "inputs" records (paths + digests)
     layout: str = ""
+    # every row that names a labelled anomaly, in file order, found in SOURCE or not: (id, line);
+    # `prepare --anomaly-shots K` keeps the first K and refuses one it cannot read
+    anomaly_rows: list[tuple[str, int]] = field(default_factory=list)
+    anomaly_file: Optional[Path] = None   # the CSV those rows are in
 
 
 def read_bytes(loc: Locator) -> bytes:
@@ -400,28 +410,40 @@ def _read_csv_rows(labels: Path) -> list[tuple[int, dict[str, str]]]:
     return rows
 
 
-def _csv_label_split(labels: Path, line: int, raw: str, row: dict[str, str]) -> tuple[int, str]:
-    """(label, set) of one CSV row: label 0/1/-1 (unknown), set a final set name or '' (the pool)."""
+def _csv_label_split(labels: Path, line: int, raw: str, row: dict[str, str],
+                     anomalies_only: bool = False) -> tuple[int, str]:
+    """(label, set) of one CSV row: label 0/1/-1 (unknown), set a final set name or '' (the pool).
+    ``anomalies_only``: a ``--anomalies`` file, whose rows are all labelled anomalies."""
     lab = (row.get("label") or "").strip()
     if lab not in ("0", "1", "", "-1"):
         raise CxradError(f"{labels}: line {line}: label {lab!r} for {raw}; labels must be 0 (normal), "
                          "1 (abnormal) or empty (unknown).")
     split_raw = (row.get("split") or "").strip().lower()
+    if anomalies_only:
+        if split_raw not in ("", ANOMALY):
+            raise CxradError(f"{labels}: line {line}: split {split_raw!r}; an --anomalies file lists labelled "
+                             f"abnormal training images only (split {ANOMALY} or empty).")
+        split_raw = ANOMALY
     if split_raw not in SPLIT_ALIASES:
         raise CxradError(f"{labels}: line {line}: split {split_raw!r}; use normal, unlabeled, test, val, "
-                         "train or leave it empty.")
+                         f"train, {ANOMALY} or leave it empty.")
     split = SPLIT_ALIASES[split_raw]
     label = int(lab) if lab else -1
     if split == "normal" and label == 1:
         raise CxradError(f"{labels}: line {line}: {raw} is in split 'normal' (Dn) with label 1; "
                          "Dn holds normal images only.")
+    if split == ANOMALY and label != 1:
+        raise CxradError(f"{labels}: line {line}: {raw} is in split '{ANOMALY}' (labelled abnormal training "
+                         f"images) with label {lab or 'empty'}; its label must be 1.")
     return (0 if split == "normal" else label), split
 
 
-def from_csv(index: SourceIndex, labels: Path) -> Listing:
+def from_csv(index: SourceIndex, labels: Path, anomalies_only: bool = False) -> Listing:
+    """Entries of a labels CSV in file order (``anomalies_only``: an ``--anomalies`` file)."""
     rows = _read_csv_rows(labels)
     seen: dict[str, int] = {}
     entries, rejects = [], []
+    anomaly_rows: list[tuple[str, int]] = []
     for line, row in rows:
         raw = (row.get("path") or "").strip()
         if not raw:
@@ -431,14 +453,17 @@ def from_csv(index: SourceIndex, labels: Path) -> Listing:
             raise CxradError(f"{labels}: line {line}: duplicate path {raw} (first on line {seen[key]}); "
                              "list each image once.")
         seen[key] = line
-        label, split = _csv_label_split(labels, line, raw, row)
+        label, split = _csv_label_split(labels, line, raw, row, anomalies_only)
         found = _lookup(index, raw, labels.name, rejects)
         if found is not None:
             entries.append(Entry(found[0], found[1], label, split, (row.get("patient_id") or "").strip()))
+        if split == ANOMALY:
+            anomaly_rows.append((found[0] if found else key, line))
     if not entries:
         raise CxradError(f"{labels}: none of its {len(rows)} paths exists under {index.source}; "
                          "paths must be relative to SOURCE.")
-    return Listing(entries, rejects, layout=f"labels CSV {labels.name}")
+    return Listing(entries, rejects, layout=f"labels CSV {labels.name}", anomaly_rows=anomaly_rows,
+                   anomaly_file=labels if anomaly_rows else None)
 
 
 SPLIT_FILE_FORMAT = '{"train": {"0": [...], "unlabeled": {"0": [...], "1": [...]}}, "test": {"0": [...], "1": [...]}}'
@@ -529,8 +554,32 @@ def from_split_file(index: SourceIndex, split_file: Path) -> Listing:
     return Listing(entries, rejects, layout=f"split file {split_file.name}")
 
 
-def list_entries(source: Path, labels: Optional[Path] = None, split_file: Optional[Path] = None) -> Listing:
-    """Resolve SOURCE and its labels into entries + early rejects + manifest input records."""
+def _add_anomalies(index: SourceIndex, listing: Listing, anomalies: Path) -> None:
+    """Append the labelled anomalies of an ``--anomalies`` CSV to ``listing``; an image listed in both
+    files is refused (it would be a labelled anomaly and in Dn/Du/test/val or the pool at once)."""
+    extra = from_csv(index, anomalies, anomalies_only=True)
+    if listing.anomaly_rows:
+        raise CxradError(f"{anomalies}: --anomalies given, but {listing.anomaly_file} names labelled anomalies "
+                         f"too (split {ANOMALY}); list them in one of the two files.")
+    named = listing.inputs.get("labels") or listing.inputs.get("split_file")
+    where = named["path"] if named else f"the folder layout of {index.source}"
+    have = {e.id for e in listing.entries}
+    for e_id, line in extra.anomaly_rows:
+        if e_id in have:
+            raise CxradError(f"{anomalies}: line {line}: {e_id} is also listed in {where}; a labelled anomaly "
+                             "must not be in Dn/Du/test/val or their pool: remove it from one of the files.")
+    listing.entries += extra.entries
+    listing.rejects += extra.rejects
+    listing.anomaly_rows, listing.anomaly_file = extra.anomaly_rows, anomalies
+    listing.inputs["anomalies"] = {"path": str(anomalies.resolve()), "sha256": sha256_file(anomalies)}
+
+
+def list_entries(source: Path, labels: Optional[Path] = None, split_file: Optional[Path] = None,
+                 anomalies: Optional[Path] = None) -> Listing:
+    """Resolve SOURCE and its labels into entries + early rejects + manifest input records.
+
+    ``anomalies``: an optional CSV of labelled abnormal training images (split ``anomaly``).
+    """
     if labels is not None and split_file is not None:
         raise CxradError("give either --labels or --split-file, not both.")
     index = SourceIndex(Path(source))
@@ -543,6 +592,8 @@ def list_entries(source: Path, labels: Optional[Path] = None, split_file: Option
                                         "sha256": sha256_file(Path(split_file))}
     else:
         listing = from_layout(index)
+    if anomalies is not None:
+        _add_anomalies(index, listing, Path(anomalies))
     listing.rejects = index.rejects + listing.rejects
     listing.inputs["source"] = {**index.record(), "files": len(listing.entries),
                                 "listing_sha256": listing_digest(listing.entries)}

@@ -1,6 +1,8 @@
 """The prepared-data HDF5 file (``data.h5``): layout, writer, reader.
 
-Layout (one group per set; ``normal`` = Dn, ``unlabeled`` = Du, ``test`` = Dt, ``val`` optional)::
+Layout (one group per set; ``normal`` = Dn, ``unlabeled`` = Du, ``test`` = Dt, ``val`` optional;
+``anomaly`` optional: K images labelled abnormal for weakly supervised training, readable only with
+``load_split(..., labelled_anomalies=True)``)::
 
     /                      attrs: schema_version, preprocessing (JSON), image_size
     /<set>/images          (N, H, W) float16 in [0, 1], or uint8 with attrs["scale"] = 1/255
@@ -33,6 +35,12 @@ from cxrad.io.h5files import CHECKSUM, create_h5, members, open_h5
 
 DATA_FILE = "data.h5"
 SET_NAMES = ("normal", "unlabeled", "test", "val")
+# Labelled abnormal training images (`cxrad prepare --anomaly-shots K`). Not in SET_NAMES: no stage
+# scores, evaluates or trains on it by iterating the sets; only a method that declares it reads
+# labelled anomalies loads it (load_split's ``labelled_anomalies``; tests/test_import_graph.py
+# checks which modules pass it).
+ANOMALY_SET = "anomaly"
+STORED_SETS = SET_NAMES + (ANOMALY_SET,)
 PROVENANCE_STR = ("modality", "photometric", "transfer_syntax")
 _STR = h5py.string_dtype(encoding="utf-8")
 _REDO = "re-create it with `cxrad prepare SOURCE --out {folder} --force` (the options it was made with)."
@@ -121,23 +129,41 @@ def split_names(folder: str | Path) -> list[str]:
         return [n for n in SET_NAMES if n in h5]
 
 
-def load_split(folder: str | Path, split: str) -> ImageSet:
-    """Read one set fully into memory; images as float32 (N, H, W) in [0, 1]."""
+def _guard(folder: str | Path, split: str, labelled_anomalies: bool) -> None:
+    """Refuse the labelled-anomaly set to a caller that did not declare it reads labelled anomalies:
+    every method but a weakly supervised one must train without abnormal labels."""
+    if split == ANOMALY_SET and labelled_anomalies is not True:
+        raise CxradError(f"{folder}: the '{ANOMALY_SET}' set holds labelled abnormal training images; only a "
+                         "weakly supervised method may read it (load_split(..., labelled_anomalies=True)).")
+
+
+def _missing(folder: str | Path, split: str, h5: h5py.File) -> CxradError:
+    have = ", ".join(n for n in STORED_SETS if n in h5) or "none"
+    return CxradError(f"{folder}: prepared data has no '{split}' set (it has: {have}).")
+
+
+def load_split(folder: str | Path, split: str, *, labelled_anomalies: bool = False) -> ImageSet:
+    """Read one set fully into memory; images as float32 (N, H, W) in [0, 1].
+
+    ``labelled_anomalies``: must be True to read the ``anomaly`` set (:data:`ANOMALY_SET`); only a
+    method that trains on labelled abnormal images passes it.
+    """
+    _guard(folder, split, labelled_anomalies)
     with open_prepared(folder) as h5:
         if split not in h5:
-            have = ", ".join(n for n in SET_NAMES if n in h5) or "none"
-            raise CxradError(f"{folder}: prepared data has no '{split}' set (it has: {have}).")
+            raise _missing(folder, split, h5)
         images = _read_set(h5[split])
     _check_pixels(folder, split, images.images)
     return images
 
 
-def load_labels(folder: str | Path, split: str) -> np.ndarray:
-    """Only the (N,) int8 labels of one set (-1 unknown): no image is read."""
+def load_labels(folder: str | Path, split: str, *, labelled_anomalies: bool = False) -> np.ndarray:
+    """Only the (N,) int8 labels of one set (-1 unknown): no image is read (``labelled_anomalies``:
+    as :func:`load_split`)."""
+    _guard(folder, split, labelled_anomalies)
     with open_prepared(folder) as h5:
         if split not in h5:
-            have = ", ".join(n for n in SET_NAMES if n in h5) or "none"
-            raise CxradError(f"{folder}: prepared data has no '{split}' set (it has: {have}).")
+            raise _missing(folder, split, h5)
         return h5[split]["labels"][...].astype(np.int8)
 
 
@@ -180,7 +206,7 @@ def summarize_prepared(folder: str | Path) -> dict[str, Any]:
     with open_prepared(folder) as h5:
         out["image_size"] = int(h5.attrs["image_size"])
         sets = {}
-        for name in SET_NAMES:
+        for name in STORED_SETS:
             if name not in h5:
                 continue
             labels = h5[name]["labels"][...]
