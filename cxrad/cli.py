@@ -97,8 +97,15 @@ def prepare(
     out: Path = typer.Option(..., "--out", help="Output folder for data.h5 + manifest.json."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV path,label[,split][,patient_id]; "
                                           "paths relative to SOURCE; label 0/1/empty; split "
-                                          "normal|unlabeled|test|val|train."),
+                                          "normal|unlabeled|test|val|train|anomaly."),
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="Authors' benchmark data.json."),
+    anomalies: Optional[Path] = typer.Option(None, "--anomalies", help="CSV path,label[,split][,patient_id] of "
+                                             "labelled abnormal training images (label 1, split anomaly or empty) "
+                                             "for weakly supervised methods; the first --anomaly-shots rows are kept."),
+    anomaly_shots: int = typer.Option(PREPARE.anomaly_shots, "--anomaly-shots",
+                                      help="Keep the first K labelled anomalies (--anomalies, or rows with split "
+                                           "anomaly in --labels) as the 'anomaly' set; only weakly supervised "
+                                           "methods read it."),
     size: int = typer.Option(PREPARE.size, "--size", help="Output side in pixels."),
     intensity: str = typer.Option(PREPARE.intensity, "--intensity", help="minmax | percentile"),
     percentiles: tuple[float, float] = typer.Option(PREPARE.percentiles, "--percentiles", help="Low/high for "
@@ -132,8 +139,8 @@ def prepare(
                         voi_lut=not no_voi_lut, allow_modality=tuple(allow_modality), store_dtype=store_dtype,
                         workers=workers, max_megapixels=max_megapixels, normal_count=normal_count,
                         unlabeled_count=unlabeled_count, anomaly_rate=anomaly_rate, test_fraction=test_fraction,
-                        val_normals=val_normals, seed=seed)
-    typer.echo(run_prepare(source, out, cfg, labels=labels, split_file=split_file, force=force))
+                        val_normals=val_normals, seed=seed, anomaly_shots=anomaly_shots)
+    typer.echo(run_prepare(source, out, cfg, labels=labels, split_file=split_file, force=force, anomalies=anomalies))
 
 
 # -- train-ensemble ----------------------------------------------------------------------------
