@@ -1,0 +1,137 @@
+"""WSCXR (cxrad/methods/wscxr): mining, mixing, hinge loss and discriminator on tiny tensors;
+bit-exact resume; refusals; a tiny end-to-end fit -> score -> evaluate on real images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxrad.methods.wscxr.config import WSCXRConfig
+from cxrad.methods.wscxr.discriminator import PatchDiscriminator, hinge_loss, hinge_terms
+from cxrad.methods.wscxr.mining import kept_count, knn_distance, mine_anomaly_features
+from cxrad.methods.wscxr.mixing import draw_mixing, linear_mixing, mix
+from cxrad.methods.wscxr.trainer import WSCXRTrainer
+
+
+# -- mining --------------------------------------------------------------------------------------
+def test_mining_keeps_exactly_the_farthest_fifth():
+    # normal set: the 2-D grid points (i, 0), i = 0..9; abnormal rows at known distances from it
+    normal = torch.tensor([[float(i), 0.0] for i in range(10)])
+    heights = [0.5, 3.0, 0.1, 7.0, 2.0, 0.2, 5.0, 0.3, 1.0, 4.0]   # nearest normal is straight below
+    abnormal = torch.tensor([[float(i % 10), h] for i, h in enumerate(heights)])
+    mined = mine_anomaly_features(abnormal, normal, fraction=0.2)
+    torch.testing.assert_close(mined.distance, torch.tensor(heights))
+    assert mined.index.tolist() == [3, 6]                     # 7.0 and 5.0: floor(0.2 * 10) = 2 rows
+    torch.testing.assert_close(mined.features, abnormal[[3, 6]])
+    assert len(mine_anomaly_features(abnormal, normal, fraction=0.5).index) == 5
+
+
+def test_mining_distance_is_brute_force_nearest_and_mean_of_k():
+    g = torch.Generator().manual_seed(0)
+    normal, query = torch.randn(300, 16, generator=g), torch.randn(50, 16, generator=g)
+    brute = ((query[:, None, :] - normal[None]) ** 2).sum(-1).sqrt()
+    torch.testing.assert_close(knn_distance(query, normal, k=1, chunk=7), brute.min(1).values)
+    mean3 = brute.topk(3, 1, largest=False).values.mean(1)
+    torch.testing.assert_close(knn_distance(query, normal, k=3, chunk=7), mean3)
+    # a patch equal to a normal one scores 0 and is never kept while others remain
+    mined = mine_anomaly_features(torch.cat([normal[:1], query]), normal, fraction=0.5)
+    assert mined.distance[0] == 0 and 0 not in mined.index.tolist()
+
+
+def test_kept_count_floors_but_keeps_one():
+    assert [kept_count(n, 0.2) for n in (0, 1, 4, 5, 9, 10, 1000)] == [0, 1, 1, 1, 1, 2, 200]
+
+
+# -- mixing ---------------------------------------------------------------------------------------
+def test_mix_values_by_hand():
+    normal = torch.tensor([[0.0, 0.0], [2.0, 4.0]])
+    protos = torch.tensor([[10.0, 20.0], [-1.0, 1.0]])
+    out = mix(normal, protos, torch.tensor([[0.1], [1.0]]), torch.tensor([0, 1]))
+    # row 0: 0.9 * 0 + 0.1 * (10, 20); row 1, w = 1: the prototype itself
+    torch.testing.assert_close(out, torch.tensor([[1.0, 2.0], [-1.0, 1.0]]))
+
+
+def test_mixing_weights_lie_in_range_and_cover_it():
+    g = torch.Generator().manual_seed(1)
+    w, idx = draw_mixing(20000, 7, w_min=0.1, generator=g)
+    assert w.shape == (20000, 1) and idx.shape == (20000,)
+    assert w.min() >= 0.1 and w.max() < 1.0 and w.min() < 0.101 and w.max() > 0.999
+    assert abs(w.mean().item() - 0.55) < 0.01                          # uniform on [0.1, 1)
+    assert sorted(idx.unique().tolist()) == list(range(7))
+    normal, protos = torch.randn(5, 3), torch.randn(4, 3)
+    mixed = linear_mixing(normal, protos, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(mixed.fake, (1 - mixed.weight) * normal + mixed.weight * protos[mixed.index])
+    # the same generator state gives the same draws (what bit-exact resume relies on)
+    again = linear_mixing(normal, protos, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(mixed.fake, again.fake)
+
+
+# -- loss and discriminator --------------------------------------------------------------------------
+def test_hinge_loss_by_hand():
+    normal = torch.tensor([-1.0, 0.0, 0.3])      # relu(0.5 + s): 0, 0.5, 0.8 -> mean 0.4333
+    abnormal = torch.tensor([2.0, 0.5, -0.5, 0.1])  # relu(0.5 - s): 0, 0, 1.0, 0.4 -> mean 0.35
+    n_term, a_term = hinge_terms(normal, abnormal, 0.5)
+    assert n_term.item() == pytest.approx(1.3 / 3) and a_term.item() == pytest.approx(0.35)
+    assert hinge_loss(normal, abnormal, 0.5).item() == pytest.approx(1.3 / 3 + 0.35)
+    assert hinge_loss(torch.tensor([-0.5, -3.0]), torch.tensor([0.5, 9.0]), 0.5).item() == 0.0
+    assert hinge_loss(torch.zeros(3), torch.zeros(3), 1.0).item() == pytest.approx(2.0)
+
+
+def test_discriminator_shapes_and_bias_free_linear():
+    d = PatchDiscriminator(12)
+    assert d(torch.randn(37, 12)).shape == (37,)
+    assert [n for n, _ in d.named_parameters()] == ["tail.weight"]          # one bias-free linear layer
+    assert d(torch.zeros(4, 12)).abs().max() == 0                          # no bias: D(0) = 0
+    mlp = PatchDiscriminator(12, hidden=8, layers=2)
+    assert mlp(torch.randn(5, 12)).shape == (5,)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in mlp.modules()) == 2
+    assert mlp.tail.bias is None
+
+
+# -- trainer: learning and bit-exact resume ---------------------------------------------------------
+def _toy_features(seed=0, n=12, p=6, d=8):
+    g = torch.Generator().manual_seed(seed)
+    normal = torch.randn(n, p, d, generator=g) * 0.3
+    prototypes = torch.randn(10, d, generator=g) * 0.3 + 2.0                # far from the normals
+    return normal, prototypes
+
+
+def test_trainer_separates_normal_from_mined_features():
+    normal, protos = _toy_features()
+    cfg = WSCXRConfig(epochs=30, batch_size=4, lr=1e-2).validate()
+    t = WSCXRTrainer(normal, protos, cfg, torch.device("cpu"))
+    first = t.run_epoch()
+    for _ in range(29):
+        last = t.run_epoch()
+    assert last[0] < 0.25 * first[0] and t.epoch == 30
+    with torch.no_grad():
+        assert t.model(protos).min() > t.model(normal.reshape(-1, 8)).max()
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_checkpoint_restore_is_bit_exact(hidden):
+    normal, protos = _toy_features(1)
+    cfg = WSCXRConfig(epochs=4, batch_size=5, hidden=hidden).validate()
+    straight = WSCXRTrainer(normal, protos, cfg, torch.device("cpu"))
+    losses = [straight.run_epoch() for _ in range(4)]
+
+    first = WSCXRTrainer(normal, protos, cfg, torch.device("cpu"))
+    head = [first.run_epoch() for _ in range(2)]
+    state = first.checkpoint()
+    first.run_epoch()                       # the interrupted process goes on: must not leak into state
+    resumed = WSCXRTrainer(normal, protos, cfg, torch.device("cpu"))
+    resumed.restore(state)
+    tail = [resumed.run_epoch() for _ in range(2)]
+    assert head + tail == losses
+    a, b = straight.final_state()["discriminator"], resumed.final_state()["discriminator"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_restore_refuses_other_features():
+    from cxrad.errors import CxradError
+
+    normal, protos = _toy_features(2)
+    cfg = WSCXRConfig(epochs=1).validate()
+    state = WSCXRTrainer(normal, protos, cfg, torch.device("cpu")).checkpoint()
+    with pytest.raises(CxradError, match="other patch features"):
+        WSCXRTrainer(normal, protos + 1, cfg, torch.device("cpu")).restore(state)
