@@ -215,6 +215,7 @@ def child(args) -> None:
 # driver
 # ---------------------------------------------------------------------------------------------
 def main() -> None:
+    global BATCH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--epochs", type=int, default=1, help="measured epochs per model (after a short warm-up)")
@@ -226,22 +227,30 @@ def main() -> None:
                     help="also time the real stage end to end: NDM + UDM, K=3, AE, this many epochs "
                          "(GPU acceptance: 250)")
     ap.add_argument("--data", type=Path, help="data root [default: $CXRAD_DATA]")
+    ap.add_argument("--from-prepared", type=Path, help="time on this prepared folder instead of ZhangLab-OCSSL-64 "
+                                                       "(benchmarks/device_check.sh --dry-run: sample_data)")
+    ap.add_argument("--batch-size", type=int, default=BATCH, help="default: %(default)s (the paper's)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder for the .json/.md [default: %(default)s]")
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--backbone", help=argparse.SUPPRESS)
     ap.add_argument("--prepared", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    BATCH = args.batch_size
     if args.method:
         return child(args)
 
-    prepared, how = prepared_split(args.data)
+    if args.from_prepared:
+        prepared, how = args.from_prepared, f"prepared folder {args.from_prepared}"
+    else:
+        prepared, how = prepared_split(args.data)
     print(f"data: {prepared} ({how})", flush=True)
     rows = []
     device = args.device
     for backbone in args.backbones.split(","):
         for method in [m for m in args.methods.split(",") if m]:
             cmd = [sys.executable, __file__, "--method", method, "--backbone", backbone, "--prepared", str(prepared),
-                   "--device", args.device, "--epochs", str(args.epochs), "--threads", str(args.threads)]
+                   "--device", args.device, "--epochs", str(args.epochs), "--threads", str(args.threads),
+                   "--batch-size", str(BATCH)]
             load0 = os.getloadavg()[0]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
@@ -263,9 +272,14 @@ def main() -> None:
         full = time_full_stage(prepared, args)
         print(f"stage end to end: NDM + UDM, K=3, AE, {args.full_epochs} epochs: {full['wall_s']:.1f} s wall",
               flush=True)
-    if args.methods != "batched,per-member,plain" or args.backbones != "ae,aeu":
-        print("partial run: results not written")
+    if (args.methods != "batched,per-member,plain" or args.backbones != "ae,aeu") and args.results == RESULTS:
+        print("partial run: results not written to benchmarks/results (name another folder with --results)")
         return
+    write_results(args, device, how, rows, full)
+
+
+def write_results(args, device: str, how: str, rows: list[dict], full: dict | None) -> None:
+    """benchmarks/results/train_speed-<device>.json and .md (or under --results)."""
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
     results = args.results
     results.mkdir(parents=True, exist_ok=True)

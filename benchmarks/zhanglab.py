@@ -73,6 +73,12 @@ def main(argv=None) -> int:
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", action="store_true", help="bf16 mixed precision for the ensembles (CUDA only)")
+    ap.add_argument("--batch-size", type=int, default=64, help="ensemble batch size (default: the paper's 64)")
+    ap.add_argument("--independent-init", action="store_true",
+                    help="UDM members start independently of the NDM members (the reference; cxrad pairs them)")
+    ap.add_argument("--ensemble-ema-decay", type=float, help="EMA of the ensembles' weights (0: the reference's "
+                                                             "last step; default: cxrad's)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--workdir", type=Path, default=REPO / "cxrad-work" / "bench")
     ap.add_argument("--data", type=Path, help="data root [default: $CXRAD_DATA]")
@@ -104,12 +110,16 @@ def main(argv=None) -> int:
     epochs = args.epochs or epochs
     asr_epochs = args.asr_epochs or asr_epochs
     device = resolve_device(args.device)
-    prepared = args.workdir / "prepared" / "zhanglab-ocssl-64"
-    run = args.workdir / "runs" / f"{args.backbone}-e{epochs}-a{asr_epochs}-k{args.members}-s{args.seed}"
+    prepared = args.workdir / "prepared" / f"{args.labels.stem}-64"   # zhanglab-ocssl-64, zhanglab-dev-64
+    ens_ema = EnsembleConfig.ema_decay if args.ensemble_ema_decay is None else args.ensemble_ema_decay
+    run = args.workdir / "runs" / (f"{args.backbone}-e{epochs}-a{asr_epochs}-k{args.members}-s{args.seed}"
+                                   + ("-amp" if args.amp else "") + ("-indep" if args.independent_init else "")
+                                   + (f"-ema{ens_ema:g}" if ens_ema != EnsembleConfig.ema_decay else ""))
     cfgs = {
         "prepare": PrepareConfig(size=64, workers=max(1, args.threads)),
         "ensemble": EnsembleConfig(backbone=args.backbone, members=args.members, epochs=epochs, seed=args.seed,
-                                   device=args.device),
+                                   device=args.device, amp=args.amp, batch_size=args.batch_size,
+                                   paired_init=not args.independent_init, ema_decay=ens_ema),
         "synth": SynthConfig(epochs=asr_epochs, seed=args.seed),
         "refine": RefineConfig(epochs=asr_epochs, seed=args.seed, device=args.device),
         "score": ScoreConfig(split="test", device=args.device),
@@ -189,7 +199,9 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
     return {
         "benchmark": "ZhangLab-OCSSL-64", "variant": args.variant, "backbone": args.backbone,
         "epochs": cfgs["ensemble"].epochs, "asr_epochs": asr_epochs, "members": args.members, "seed": args.seed,
-        "refine_inputs": args.refine_inputs,
+        "refine_inputs": args.refine_inputs, "amp": cfgs["ensemble"].amp,
+        "batch_size": cfgs["ensemble"].batch_size, "paired_init": cfgs["ensemble"].paired_init,
+        "ensemble_ema_decay": cfgs["ensemble"].ema_decay, "labels": args.labels.name,
         "device": dev_name, "host": platform.node(), "threads": args.threads, "commit": _git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(run),
         "auc": {k: round(100 * v["auc"], 2) for k, v in metrics["scores"].items()},
