@@ -41,6 +41,7 @@ PRODUCER = {
     "model": "cxrad fit",
     "eval": "cxrad evaluate",
     "predictions": "cxrad predict",
+    "compare": "cxrad compare",
 }
 
 

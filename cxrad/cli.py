@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from cxrad import __version__, progress
-from cxrad.config import EvaluateConfig, PredictConfig, PrepareConfig, ScoreConfig
+from cxrad.config import CompareConfig, EvaluateConfig, PredictConfig, PrepareConfig, ScoreConfig
 from cxrad.errors import CxradError
 from cxrad.methods.ddad.config import EnsembleConfig, RefineConfig, SynthConfig
 from cxrad.thresholds import MIN_HELD_OUT_NORMALS
@@ -30,6 +30,7 @@ app = typer.Typer(
 # the defaults every option shows: the config dataclasses are their one source
 PREPARE, ENSEMBLE, SCORE, SYNTH = PrepareConfig(), EnsembleConfig(), ScoreConfig(), SynthConfig()
 REFINE, EVALUATE, PREDICT = RefineConfig(), EvaluateConfig(), PredictConfig()
+COMPARE = CompareConfig()
 
 
 def _version_callback(value: bool) -> None:
@@ -281,6 +282,31 @@ def evaluate(
                                            device=device), force=force)
     print_metrics_table(metrics)
     typer.echo(Path(run) / "eval")
+
+
+# -- compare -----------------------------------------------------------------------------------
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Run folders, each evaluated (`cxrad evaluate`) on the same images."),
+    out: Path = typer.Option(..., "--out", help="Output folder for compare.md, compare.json, roc.png."),
+    split: str = typer.Option(COMPARE.split, "--split", help="The split the runs were evaluated on."),
+    ci_level: float = typer.Option(COMPARE.ci_level, "--ci-level", help="Level of the AUC and AP intervals."),
+    bootstrap_resamples: int = typer.Option(COMPARE.bootstrap_resamples, "--bootstrap-resamples",
+                                            help="Stratified bootstrap resamples for the AP intervals."),
+    bootstrap_seed: int = typer.Option(COMPARE.bootstrap_seed, "--bootstrap-seed"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing comparison at --out."),
+) -> None:
+    """Every score of every run on one test set: AUC and AP with confidence intervals, paired DeLong test
+    against the best, thresholded metrics, one ROC figure -> OUT/compare.md, compare.json, roc.png."""
+    from cxrad.stages.compare import compare as run_compare
+
+    cfg = CompareConfig(split=split, ci_level=ci_level, bootstrap_resamples=bootstrap_resamples,
+                        bootstrap_seed=bootstrap_seed)
+    result = run_compare(runs, out, cfg, force=force)
+    best = result["best"]
+    typer.echo(f"{len(result['rows'])} score(s) of {len(result['runs'])} run(s) on {result['n_normal']} normal / "
+               f"{result['n_abnormal']} abnormal images; best AUC: {best['run']} {best['score']}")
+    typer.echo(Path(out) / "compare.md")
 
 
 # --------------------------------------------------------------------------------------------

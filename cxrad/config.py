@@ -227,6 +227,11 @@ def in_range(cfg: Any, name: str, lo: float, hi: float, *, lo_open: bool = False
 # ---------------------------------------------------------------------------------------------
 # generic stages
 # ---------------------------------------------------------------------------------------------
+# confidence intervals of `evaluate` and `compare` (cxrad/metrics_ci.py, docs/compare.md)
+CI_LEVEL = 0.95                 # two-sided level of every interval
+BOOTSTRAP_RESAMPLES = 2000      # stratified bootstrap resamples for the AP interval
+BOOTSTRAP_SEED = 0
+
 @dataclass
 class PrepareConfig(StageConfig):
     """`cxrad prepare`: image decoding, preprocessing and split building."""
@@ -290,10 +295,32 @@ class EvaluateConfig(StageConfig):
     # "val" or "normal" to force one (docs/method.md, "Thresholds", says why held-out is better)
     overlay_count: int = 8              # highest and lowest scored images shown
     device: Device = operational("auto")
+    ci_level: float = added_field(CI_LEVEL)          # confidence intervals of AUC (DeLong) and AP (bootstrap)
+    bootstrap_resamples: int = added_field(BOOTSTRAP_RESAMPLES)   # stratified resamples for the AP interval
+    bootstrap_seed: int = added_field(BOOTSTRAP_SEED)
 
     def check(self) -> None:
         in_range(self, "threshold_percentile", 0.0, 100.0, lo_open=True, hi_open=True)
         at_least(self, 0, "overlay_count")
+        _check_intervals(self)
+
+
+def _check_intervals(cfg: Any) -> None:
+    in_range(cfg, "ci_level", 0.0, 1.0, lo_open=True, hi_open=True)
+    at_least(cfg, 100, "bootstrap_resamples")
+
+
+@dataclass
+class CompareConfig(StageConfig):
+    """`cxrad compare`: every score of several evaluated runs on one test set, side by side."""
+
+    split: Literal["test", "val", "normal", "unlabeled"] = "test"   # the split each run was evaluated on
+    ci_level: float = CI_LEVEL
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
+    bootstrap_seed: int = BOOTSTRAP_SEED
+
+    def check(self) -> None:
+        _check_intervals(self)
 
 
 @dataclass

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs" / "cli.md"
 sys.path.insert(0, str(REPO))
 
-from cxrad.config import EvaluateConfig, PredictConfig, PrepareConfig, ScoreConfig  # noqa: E402
+from cxrad.config import CompareConfig, EvaluateConfig, PredictConfig, PrepareConfig, ScoreConfig  # noqa: E402
 from cxrad.methods.ddad.config import EnsembleConfig, RefineConfig, SynthConfig  # noqa: E402
 
 # TOML table of `cxrad run` -> (config dataclass, command whose options set the same fields)
@@ -42,6 +42,7 @@ TABLES: list[tuple[str | None, type, str]] = [
     ("score", ScoreConfig, "score"),
     ("evaluate", EvaluateConfig, "evaluate"),
     (None, PredictConfig, "predict"),
+    (None, CompareConfig, "compare"),
 ]
 
 
@@ -90,7 +91,7 @@ else `./cxrad-work`): `prepared/<data name>/` and `runs/<run name>/`.
 | `source` | folder, uncompressed `.tar`, or folder holding the images named by `split_file` (required) |
 | `labels` | optional CSV `path,label[,split][,patient_id]`, paths relative to `source` |
 | `split_file` | optional `data.json` in the authors' released split format |
-| `anomalies` | optional CSV of labelled abnormal training images (`--anomalies`); `[prepare] anomaly_shots` keeps the first K |
+| `anomalies` | optional CSV of labelled abnormal training images; `[prepare] anomaly_shots` keeps the first K |
 | `name` | folder name under `<workdir>/prepared/` (default: the stem of `source`) |
 
 Relative paths are relative to the TOML file. `${VAR}` and `$VAR` are expanded from the

@@ -101,3 +101,9 @@ class Method:
     def default_run_suffix(self, tables: dict[str, Any]) -> str:
         """Run folder name after the data name when ``[run] name`` is not given."""
         return self.name
+
+    def training_sets(self, run: "RunInfo") -> tuple[str, ...]:
+        """The prepared sets ``run`` was trained on: "normal" (Dn), "unlabeled" (Du), "anomaly" (the
+        K labelled abnormal images; only a method that reads them with ``labelled_anomalies=True``
+        says so). `cxrad compare` reports them as what each run was allowed to see."""
+        return ("normal",)

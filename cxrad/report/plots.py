@@ -21,14 +21,23 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def roc_pr(labels: np.ndarray, scores: dict[str, np.ndarray], roc_path: Path, pr_path: Path) -> None:
-    """Two figures: ROC and PR curves with every score in each."""
+def _with_interval(value: float, interval: Optional[Sequence[float]]) -> str:
+    text = f"{100 * value:.1f}"
+    return text + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
+
+
+def roc_pr(labels: np.ndarray, scores: dict[str, np.ndarray], roc_path: Path, pr_path: Path,
+           intervals: Optional[dict[str, dict]] = None) -> None:
+    """Two figures: ROC and PR curves with every score in each; ``intervals``: score name -> its
+    metrics with ``auc_ci`` / ``ap_ci`` (shown in the legend)."""
     fig_r, ax_r = plt.subplots(figsize=(5, 5))
     fig_p, ax_p = plt.subplots(figsize=(5, 5))
     for name, s in scores.items():
         c = curves(labels, s)
-        ax_r.plot(c["fpr"], c["tpr"], label=f"{name} (AUC {100 * auc(labels, s):.1f})")
-        ax_p.plot(c["recall"], c["precision"], label=f"{name} (AP {100 * average_precision(labels, s):.1f})")
+        ci = (intervals or {}).get(name, {})
+        ax_r.plot(c["fpr"], c["tpr"], label=f"{name} (AUC {_with_interval(auc(labels, s), ci.get('auc_ci'))})")
+        ax_p.plot(c["recall"], c["precision"],
+                  label=f"{name} (AP {_with_interval(average_precision(labels, s), ci.get('ap_ci'))})")
     ax_r.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax_r.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     ax_p.axhline(float(np.mean(labels)), color="k", ls=":", lw=0.8)

@@ -3,7 +3,8 @@
 Scores are whatever the run's method provides (DDAD-ASR: A_rec, A_intra, A_inter, R_intra,
 R_dual), read from RUN/maps when `cxrad score` wrote them from the current artifacts, else computed
 now. Thresholds come from normal images only: held-out ones (val split) when the data have them,
-else the training normals (cxrad/thresholds.py). Writes metrics.json, metrics.md, scores.csv,
+else the training normals (cxrad/thresholds.py). AUC and AP come with confidence intervals
+(cxrad/metrics_ci.py: DeLong for AUC, stratified bootstrap for AP). Writes metrics.json, metrics.md, scores.csv,
 roc.png, pr.png, histograms.png, overlays.png and the manifest; returns the metrics.
 """
 
@@ -34,6 +35,7 @@ from cxrad.io.maps_store import ScoredSplit, read_labels
 from cxrad.io.store import load_labels, load_split
 from cxrad.methods.base import Method
 from cxrad.metrics import score_metrics
+from cxrad.metrics_ci import describe_intervals, score_intervals
 from cxrad.report import plots
 from cxrad.report.tables import metrics_markdown
 from cxrad.runs import RunInfo, open_run
@@ -74,7 +76,7 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
     # a previous evaluation with the same options but other inputs is stale: redo it
     old = out / "manifest.json"
     if not force and old.is_file() and is_valid(out, "eval"):
-        if json.loads(old.read_text()).get("inputs") != json.loads(json.dumps(inputs)):
+        if json.loads(old.read_text()).get("inputs") != json.loads(json.dumps(inputs)) or not _has_intervals(out):
             force = True
     source = SplitScores(info, method, device, records, "cxrad evaluate")
     if force and not uses_maps:  # the models load before --force deletes the old evaluation: a damaged one
@@ -97,21 +99,35 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
         "threshold_source": describe(calib, int(rows.sum()), cfg.threshold_percentile),
         "threshold_split": calib,
         "decision_score": decision_score(method.specs, names),
-        "scores": {k: score_metrics(labels, s, np.asarray(normal_scored.scores[k], np.float64),
-                                    cfg.threshold_percentile) for k, s in scores.items()},
+        "scores": {k: {**score_metrics(labels, s, np.asarray(normal_scored.scores[k], np.float64),
+                                       cfg.threshold_percentile),
+                       **score_intervals(labels, s, cfg.ci_level, cfg.bootstrap_resamples, cfg.bootstrap_seed)}
+                   for k, s in scores.items()},
+        "intervals": describe_intervals(cfg.ci_level, cfg.bootstrap_resamples, cfg.bootstrap_seed),
     }
     write_json_atomic(out / "metrics.json", metrics)
     write_bytes_atomic(out / "metrics.md", metrics_markdown(metrics).encode())
     write_csv_atomic(out / "scores.csv", ["id", "label", *scores],
                      ([id_, int(labels[i]), *(repr(float(s[i])) for s in scores.values())]
                       for i, id_ in enumerate(test.ids)))
-    plots.roc_pr(labels, scores, out / "roc.png", out / "pr.png")
+    plots.roc_pr(labels, scores, out / "roc.png", out / "pr.png",
+                 intervals={k: m for k, m in metrics["scores"].items()})
     plots.histograms(labels, scores, out / "histograms.png")
     _overlays(out / "overlays.png", info, method, cfg, test, scores, metrics["decision_score"])
     write_manifest(out, "eval", cfg, inputs=inputs, outputs=list(OUTPUTS),
                    timings={"total": time.perf_counter() - t0}, device=device_name(device))
     finish_output(out)
     return metrics
+
+
+def _has_intervals(out: Path) -> bool:
+    """Whether an earlier evaluation reports confidence intervals (those made before they existed
+    are redone, so every metrics.json a reader finds has them)."""
+    try:
+        scores = json.loads((out / "metrics.json").read_text())["scores"]
+        return all("auc_ci" in m for m in scores.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def _overlays(path: Path, run: RunInfo, method: Method, cfg: EvaluateConfig, test: ScoredSplit,

@@ -97,6 +97,10 @@ class DDADASR(Method):
             raise CxradError(f"{run.root}: no trained ASR-Net (no valid {run.root / 'refine'}/dual or intra); "
                              "run `cxrad refine` first.")
 
+    def training_sets(self, run: RunInfo) -> tuple[str, ...]:
+        """Dn, and Du when the run trained the UDM ensemble (on Dn ∪ Du)."""
+        return ("normal", "unlabeled") if "udm" in run.config.get("modules", ("ndm", "udm")) else ("normal",)
+
     def artifacts(self, run: RunInfo) -> dict[str, tuple[Path, str]]:
         return {"ensemble": (run.layout.ensemble, "ensemble"),
                 **{name: (folder, "refine") for name, folder in refiners(run).items()}}
