@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 _REGISTRY: dict[str, Union[str, "Method"]] = {
     "ddad": "cxrad.methods.ddad.method:DDAD_ASR",
+    "patchcore": "cxrad.methods.patchcore.method:PATCHCORE",
 }
 
 
