@@ -146,6 +146,10 @@ def test_compare_two_methods_and_a_weakly_supervised_run(runs, tmp_path, cli):
     assert manifest["inputs"][f"eval:{runs['toy_a'].name}"]["manifest_sha256"] == \
         sha256_file(runs["toy_a"] / "eval" / "manifest.json")
     assert len(manifest["inputs"]) == 4
+    code, stdout, _ = cli("inspect", out, "--json")
+    summary = json.loads(stdout)["summary"]
+    assert code == 0 and len(summary) == len(result["rows"])
+    assert summary[f"{best['run']} {best['score']}"]["p_vs_best"] == 1.0
     # a re-run is a no-op; a re-evaluated run makes the comparison redo itself
     before = (out / "manifest.json").read_text()
     code, _, err = cli("compare", runs["ddad"], runs["toy_a"], runs["toy_b"], runs["weak"], "--out", out)
@@ -176,3 +180,11 @@ def test_compare_refuses_other_test_sets_and_unevaluated_runs(runs, tmp_path, cl
     code, _, err = cli("compare", runs["toy_a"], "--split", "val", "--out", tmp_path / "d")
     assert code == 2 and "evaluated on split 'test', not 'val'" in _error(err)
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_run_labels_are_the_shortest_distinct_path_tails():
+    from cxrad.stages.compare import _labels_of
+
+    assert _labels_of([Path("/w/a/runs/x"), Path("/w/b/runs/x"), Path("/w/b/runs/y")]) == \
+        ["a/runs/x", "b/runs/x", "b/runs/y"]
+    assert _labels_of([Path("/w/x"), Path("/w/y")]) == ["x", "y"]

@@ -62,7 +62,8 @@ def compare_markdown(result: dict[str, Any]) -> str:
     lines += ["- Trained on: Dn = labelled normal images, Du = unlabelled images (normal and abnormal), "
               "labelled abnormal = the K labelled anomalies a weakly supervised method saw."]
     if result["groups"]:
-        lines += ["", "Configurations repeated with different seeds (mean ± sd over the runs):", "",
+        lines += ["", "Configurations run more than once (the same method, data and settings but for the seeds; "
+                  "mean ± sd over the runs, the spread training randomness adds to the intervals above):", "",
                   "| method | score | trained on | runs | AUC | AP |", "|---|---|---|---:|---:|---:|"]
         for g in result["groups"]:
             lines.append(f"| {g['method']} | {g['score']} | {g['saw']} | {len(g['runs'])} | "

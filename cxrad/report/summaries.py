@@ -26,3 +26,13 @@ def summarize_predictions(folder: Path) -> dict[str, Any]:
     s = read_manifest(folder, "predictions")["summary"]
     return {"predicted": s["predicted"], "rejected": len(s["rejects"]), "decision_score": s["decision_score"],
             "threshold": s["threshold"], "threshold_source": s.get("threshold_source", "")}
+
+
+def summarize_compare(folder: Path) -> dict[str, Any]:
+    """Per row of a comparison: AUC [CI] and AP in percent and the paired p-value against the best."""
+    read_manifest(folder, "compare")
+    result = json.loads((Path(folder) / "compare.json").read_text())
+    return {f"{r['run']} {r['score']}": {"auc": round(100 * r["auc"], 2),
+                                         "auc_ci": [round(100 * v, 2) for v in r["auc_ci"]],
+                                         "ap": round(100 * r["ap"], 2), "p_vs_best": r["p_vs_best"]}
+            for r in result["rows"]}

@@ -67,6 +67,7 @@ class EvaluatedRun:
     scores: dict[str, np.ndarray]
     eval_record: dict[str, Any]
     saw: dict[str, Any]
+    settings: dict[str, Any]   # configurations without seeds (_settings)
 
     @property
     def ids_digest(self) -> str:
@@ -131,9 +132,14 @@ def _saw(info: RunInfo) -> dict[str, Any]:
 
 
 def _labels_of(runs: list[Path]) -> list[str]:
-    """A short label per run: its folder name, or its path where two runs share a name."""
-    names = [p.name for p in runs]
-    return [p.name if names.count(p.name) == 1 else str(p) for p in runs]
+    """A short label per run: the fewest trailing parts of its path that tell it from the others
+    (its folder name unless two runs share it)."""
+    parts = [p.resolve().parts for p in runs]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in runs]
 
 
 def load_run(path: Path, label: str, split: str) -> EvaluatedRun:
@@ -148,7 +154,7 @@ def load_run(path: Path, label: str, split: str) -> EvaluatedRun:
     ids, labels, scores = _read_scores(info.layout.eval / "scores.csv", names)
     record = {"path": str(info.layout.eval.resolve()), "kind": manifest["kind"],
               "manifest_sha256": sha256_file(info.layout.eval / MANIFEST_NAME)}
-    return EvaluatedRun(info, label, metrics, ids, labels, scores, record, _saw(info))
+    return EvaluatedRun(info, label, metrics, ids, labels, scores, record, _saw(info), _settings(info, manifest))
 
 
 def check_same_test_set(runs: list[EvaluatedRun]) -> None:
@@ -172,12 +178,29 @@ def check_same_test_set(runs: list[EvaluatedRun]) -> None:
 def _group_key(run: EvaluatedRun, score: str) -> str:
     """Runs that differ only in their seeds (and prepared folder) share a key: their rows are one
     configuration repeated, summarised as mean ± sd."""
-    def strip(obj: Any) -> Any:
-        if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items() if k not in ("seed", "seeds", "prepared", "preprocessing")}
-        return obj
+    return json.dumps([run.info.method, run.saw["text"], score, run.settings], sort_keys=True)
 
-    return json.dumps([run.info.method, run.saw["text"], score, strip(run.info.config)], sort_keys=True)
+
+def _without_seeds(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_seeds(v) for k, v in obj.items()
+                if k not in ("seed", "seeds", "prepared", "preprocessing", "method")}
+    if isinstance(obj, list):
+        return [_without_seeds(v) for v in obj]
+    return obj
+
+
+def _settings(info: RunInfo, eval_manifest: dict[str, Any]) -> dict[str, Any]:
+    """The configurations of the run and of every training artifact its evaluation read (DDAD-ASR:
+    ensemble, refine), without seeds: what makes two runs the same configuration."""
+    out = {"run": _without_seeds(info.config)}
+    for name, record in (eval_manifest.get("inputs") or {}).items():
+        if isinstance(record, dict) and record.get("kind") not in ("run", "maps", "prepared") and record.get("path"):
+            try:
+                out[name] = _without_seeds(read_manifest(record["path"]).get("config"))
+            except CxradError:
+                out[name] = record.get("manifest_sha256")
+    return out
 
 
 def rows_of(runs: list[EvaluatedRun], cfg: CompareConfig) -> tuple[list[dict[str, Any]], int]:

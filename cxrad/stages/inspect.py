@@ -10,7 +10,7 @@ from cxrad import methods
 from cxrad.artifacts import MANIFEST_NAME, read_manifest
 from cxrad.errors import CxradError
 from cxrad.io.store import summarize_prepared
-from cxrad.report.summaries import summarize_eval, summarize_maps, summarize_predictions
+from cxrad.report.summaries import summarize_compare, summarize_eval, summarize_maps, summarize_predictions
 
 # generic kind -> function taking the artifact folder and returning a JSON-able summary dict;
 # a method's own kinds (DDAD: synth, refine) come from the method (cxrad/methods/base.py)
@@ -19,6 +19,7 @@ SUMMARIZERS: dict[str, Callable[[Path], dict]] = {
     "maps": summarize_maps,
     "eval": summarize_eval,
     "predictions": summarize_predictions,
+    "compare": summarize_compare,
 }
 
 
