@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, Union[str, "Method"]] = {
     "ddad": "cxrad.methods.ddad.method:DDAD_ASR",
     "patchcore": "cxrad.methods.patchcore.method:PATCHCORE",
+    "simsid": "cxrad.methods.simsid.method:SIMSID",
 }
 
 
