@@ -209,6 +209,22 @@ def test_damaged_weights_stop_the_scorer(run_copy, cli, damaged):
     assert (layout.maps / "manifest.json").read_bytes() == maps_before and is_valid(layout.maps, "maps")
 
 
+
+def test_predict_force_with_damaged_weights_keeps_the_old_predictions(run_copy, cli, tmp_path):
+    """`predict --force` loads the models before it replaces anything (it used to delete the old
+    predictions manifest first, so damaged weights cost the previous, valid predictions)."""
+    from conftest import SAMPLE
+
+    out = tmp_path / "pred"
+    images = sorted((SAMPLE / "kermany" / "test").rglob("*.jpeg"))[:3]
+    code, _, err = cli("predict", run_copy, *images, "--out", out, "--no-overlays")
+    assert code == 0, err
+    before = (out / "manifest.json").read_bytes()
+    path = RunLayout(run_copy).refine("dual") / "asr.pt"
+    _overwrite(path, path.stat().st_size // 4, path.stat().st_size // 2)
+    _error_line(*cli("predict", run_copy, *images, "--out", out, "--no-overlays", "--force"), path)
+    assert (out / "manifest.json").read_bytes() == before and is_valid(out, "predictions")
+
 # ---------------------------------------------------------------------------------------------
 # item 6: disk full, read-only file system, an output path under a regular file
 # ---------------------------------------------------------------------------------------------

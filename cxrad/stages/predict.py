@@ -306,27 +306,49 @@ def predict(run: Path, inputs: list[Path], out: Path, cfg: PredictConfig, force:
     # fork the decoding processes now, before torch or a progress bar starts a thread
     with DecodePool(got.prep_cfg, got.workers) as pool:
         calib = read_calibration(got.calib_files, pool) if got.calib_files is not None else None
-        if not begin_output(out, "predictions", got.config, force=force):
-            progress.log(f"cxrad predict: {out} is up to date; nothing to do (use --force to redo).")
-            s = read_manifest(out, "predictions")["summary"]
-            return PredictResult(out, s["predicted"], [tuple(r) for r in s["rejects"]], s["decision_score"],
-                                 s["threshold"], s.get("threshold_source", ""))
-        return _predict_into(out, got, cfg, pool, calib)
+        if force:
+            # the models and thresholds first: damaged weights must not cost the old predictions
+            setup = _decision_setup(got, cfg, calib)
+            begin_output(out, "predictions", got.config, force=True)
+        else:
+            if not begin_output(out, "predictions", got.config, force=False):
+                progress.log(f"cxrad predict: {out} is up to date; nothing to do (use --force to redo).")
+                s = read_manifest(out, "predictions")["summary"]
+                return PredictResult(out, s["predicted"], [tuple(r) for r in s["rejects"]], s["decision_score"],
+                                     s["threshold"], s.get("threshold_source", ""))
+            setup = _decision_setup(got, cfg, calib)
+        return _predict_into(out, got, cfg, pool, calib, setup)
 
 
-def _predict_into(out: Path, got: _Inputs, cfg: PredictConfig, pool: DecodePool,
-                  calib: tuple[np.ndarray, list[tuple[str, str]]] | None) -> PredictResult:
-    t0 = time.perf_counter()
+@dataclass
+class _Decision:
+    device: Any
+    scorer: Any
+    thresholds: dict[str, float]
+    threshold_source: str
+    names: list[str]
+    decision: str
+
+
+def _decision_setup(got: _Inputs, cfg: PredictConfig,
+                    calib: tuple[np.ndarray, list[tuple[str, str]]] | None) -> _Decision:
+    """The run's scorer and the thresholds every chunk is decided against."""
     device = resolve_device(cfg.device)
     scorer = got.method.load_scorer(got.run, device)
-    # thresholds first: every chunk is decided against the same ones
     if calib is not None:
         thresholds, threshold_source = calibrated_thresholds(scorer, calib[0], EvaluateConfig().threshold_percentile)
     else:
         thresholds, threshold_source = run_thresholds(got.run, got.method, scorer,
                                                       artifact_records(got.run, got.method))
     names = [n for n in scorer.names if n in thresholds]
-    decision = decision_score(got.method.specs, names)
+    return _Decision(device, scorer, thresholds, threshold_source, names, decision_score(got.method.specs, names))
+
+
+def _predict_into(out: Path, got: _Inputs, cfg: PredictConfig, pool: DecodePool,
+                  calib: tuple[np.ndarray, list[tuple[str, str]]] | None, setup: _Decision) -> PredictResult:
+    t0 = time.perf_counter()
+    device, scorer, thresholds, threshold_source = setup.device, setup.scorer, setup.thresholds, setup.threshold_source
+    names, decision = setup.names, setup.decision
     for folder in (out, out / "overlays"):  # what a killed earlier attempt left half-written
         remove_stale_temporaries(folder)
     with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
