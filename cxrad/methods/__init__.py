@@ -19,6 +19,7 @@ _REGISTRY: dict[str, Union[str, "Method"]] = {
     "ddad": "cxrad.methods.ddad.method:DDAD_ASR",
     "patchcore": "cxrad.methods.patchcore.method:PATCHCORE",
     "simsid": "cxrad.methods.simsid.method:SIMSID",
+    "wscxr": "cxrad.methods.wscxr.method:WSCXR",
 }
 
 

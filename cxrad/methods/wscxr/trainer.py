@@ -27,7 +27,7 @@ from cxrad.methods.wscxr.config import WSCXRConfig
 from cxrad.methods.wscxr.discriminator import PatchDiscriminator, hinge_terms
 from cxrad.methods.wscxr.mixing import draw_mixing, mix
 
-STATE_FORMAT = 1
+STATE_FORMAT = "cxrad-wscxr-1"
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -50,15 +50,18 @@ class WSCXRTrainer:
 
     ``normal`` (N, P, D): the P patch features of each of the N normal training images.
     ``prototypes`` (M, D): the mined abnormal patch features. ``info``: what the model manifest
-    records about the data (counts, feature grid).
+    records about the data (counts); ``keep``: entries model.pt keeps besides the discriminator
+    (the backbone trunk and extractor settings scoring needs). ``materialize_fakes``: build the
+    mixed features even for the linear discriminator (the tests compare both ways).
     """
 
     def __init__(self, normal: torch.Tensor, prototypes: torch.Tensor, cfg: WSCXRConfig, device: torch.device,
-                 info: dict[str, Any] | None = None):
+                 info: dict[str, Any] | None = None, keep: dict[str, Any] | None = None,
+                 materialize_fakes: bool = False):
         if normal.ndim != 3 or prototypes.ndim != 2 or normal.shape[2] != prototypes.shape[1]:
             raise ValueError(f"need normal (N, P, D) and prototypes (M, D); got {tuple(normal.shape)}, "
                              f"{tuple(prototypes.shape)}")
-        self.cfg, self.device, self.info = cfg, device, dict(info or {})
+        self.cfg, self.device, self.info, self.keep = cfg, device, dict(info or {}), dict(keep or {})
         self.normal = normal.to(device)
         self.prototypes = prototypes.to(device)
         self.features_sha256 = tensor_digest(normal, prototypes)
@@ -66,6 +69,8 @@ class WSCXRTrainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.epoch = 0
+        # the shortcut of run_epoch holds for the bias-free linear discriminator only
+        self.linear = cfg.hidden == 0 and not materialize_fakes
 
     def run_epoch(self) -> list[float]:
         """One pass over the normal images -> [mean loss, mean normal term, mean abnormal term]."""
@@ -79,10 +84,18 @@ class WSCXRTrainer:
             true = self.normal[idx].reshape(-1, d)                                  # (B*P, D)
             weight, pick = draw_mixing(len(true), len(self.prototypes), w_min=self.cfg.mix_min,
                                        generator=self.generator)
-            fake = mix(true, self.prototypes, weight.to(self.device), pick.to(self.device))
-            # one forward pass over both halves, as the code does (it matters for the MLP's BatchNorm)
-            scores = self.model(torch.cat([true, fake]))
-            normal_term, abnormal_term = hinge_terms(scores[:len(true)], scores[len(true):], self.cfg.margin)
+            weight, pick = weight.to(self.device), pick.to(self.device)
+            if self.linear:
+                # D is linear, so D((1 - w) n + w p) = (1 - w) D(n) + w D(p): the fakes' scores without
+                # building the (B*P, D) fakes (4x faster steps on CPU; equal up to float rounding)
+                true_scores = self.model(true)
+                fake_scores = (1.0 - weight[:, 0]) * true_scores + weight[:, 0] * self.model(self.prototypes)[pick]
+            else:
+                fake = mix(true, self.prototypes, weight, pick)
+                # one forward pass over both halves, as the code does (it matters for the MLP's BatchNorm)
+                scores = self.model(torch.cat([true, fake]))
+                true_scores, fake_scores = scores[:len(true)], scores[len(true):]
+            normal_term, abnormal_term = hinge_terms(true_scores, fake_scores, self.cfg.margin)
             loss = normal_term + abnormal_term
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -100,7 +113,7 @@ class WSCXRTrainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
-            raise CxradError(f"WSCXR checkpoint format {state.get('format')!r} is not {STATE_FORMAT}; start over "
+            raise CxradError(f"not a WSCXR checkpoint of this cxrad (format {state.get('format')!r}); start over "
                              "with --force.")
         if state.get("features_sha256") != self.features_sha256:
             raise CxradError("the WSCXR checkpoint was trained on other patch features (prepared data, backbone or "
@@ -112,10 +125,10 @@ class WSCXRTrainer:
 
     # -- what is kept -------------------------------------------------------------------------------
     def final_state(self) -> dict[str, Any]:
-        return {"format": STATE_FORMAT,
+        return {**self.keep, "format": STATE_FORMAT,
                 "discriminator": {k: v.detach().to("cpu") for k, v in self.model.state_dict().items()},
                 "dim": int(self.normal.shape[2]), "hidden": self.cfg.hidden, "hidden_layers": self.cfg.hidden_layers,
-                "epochs": self.epoch, **{k: v for k, v in self.info.items() if k == "feature_grid"}}
+                "epochs": self.epoch}
 
     def summary(self) -> dict[str, Any]:
         return {"kept": "last epoch", "prototypes": int(len(self.prototypes)), **self.info}

@@ -1,0 +1,157 @@
+"""WSCXR on ZhangLab-OCSSL with K labelled abnormal images (benchmarks/splits/zhanglab-ocssl.md and
+zhanglab-fewshot-anomalies.csv; data from $CXRAD_DATA).
+
+for each K: prepare (224 px as the PatchCore benchmark, plus the first K labelled anomalies of the
+few-shot CSV as the `anomaly` set, `--anomaly-shots K`; Dn, Du and test are the same images as
+every other ZhangLab benchmark) -> for each seed: `fit --method wscxr` on Dn + those K images (Du
+and test never read) -> `score` -> `evaluate`, through the stage API. One JSON line per (K, seed) appended
+to benchmarks/results/wscxr.jsonl: AUC/AP with 95 % intervals, wall time per stage, peak RSS of
+the process so far, K, seed, commit. The last epoch is kept; no test label is read before
+`evaluate`, and nothing is chosen with it.
+
+All runs share one process and its feature memo (cxrad.methods.wscxr.features.enable_memo): the
+backbone runs once over each image set and each labelled anomaly's mining distances are computed
+once, so only the first run's `fit` and `score` pay for extraction (its record says so:
+"features_cached": false). Peak RSS is the process's, which grows to the largest run's.
+
+    CXRAD_DATA=/path/to/data CXRAD_NO_PROGRESS=1 nice -n 5 python benchmarks/wscxr_zhanglab.py
+    python benchmarks/wscxr_zhanglab.py --shots 2 --seeds 0 --epochs 5      # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _percent(interval):
+    try:
+        return [round(100 * float(v), 2) for v in interval]
+    except (TypeError, ValueError):
+        return None
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shots", default="2,4,8,16", help="K values (each <= the CSV's 16 rows)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--size", type=int, default=224, help="prepared image size (as benchmarks/patchcore_zhanglab.py)")
+    ap.add_argument("--epochs", type=int, help="default: WSCXRConfig's")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1: on the shared 2-core machine a discriminator step ran 6x faster "
+                         "with one thread than with two)")
+    ap.add_argument("--workdir", type=Path, default=REPO / "cxrad-work" / "bench")
+    ap.add_argument("--data", type=Path, help="data root [default: $CXRAD_DATA]")
+    ap.add_argument("--source", type=Path, help="the Kermany 224-px tar [default: DATA/" + str(KERMANY_224) + "]")
+    ap.add_argument("--labels", type=Path, default=SPLITS / "zhanglab-ocssl.csv")
+    ap.add_argument("--anomalies", type=Path, default=SPLITS / "zhanglab-fewshot-anomalies.csv")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    args.source = args.source or data_file(KERMANY_224, args.data)
+    shots, seeds = _ints(args.shots), _ints(args.seeds)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cxrad.config import PrepareConfig
+    from cxrad.methods.wscxr.features import enable_memo
+    from cxrad.stages.prepare import prepare
+
+    enable_memo()
+    args.results.mkdir(parents=True, exist_ok=True)
+    first = True
+    for k in shots:
+        # one prepared folder per K, as a user would make it (`--anomaly-shots K`): its `anomaly` set
+        # is what the run saw, and what `cxrad compare` reports; Dn, Du and test are the same images
+        prepared = args.workdir / "prepared" / f"{args.labels.stem}-{args.size}-anomalies{k}"
+        t0 = time.perf_counter()
+        prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, anomaly_shots=k),
+                labels=args.labels, anomalies=args.anomalies)
+        prepare_s = round(time.perf_counter() - t0, 2)
+        for seed in seeds:
+            record = run_one(args, prepared, k, seed, cached=not first)
+            record["timings_s"]["prepare"] = prepare_s
+            first = False
+            with open(args.results / "wscxr.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            print(json.dumps({key: record[key] for key in ("shots", "seed", "auc", "ap", "auc_ci95", "timings_s",
+                                                           "peak_rss_mb")}), flush=True)
+    return 0
+
+
+def run_one(args, prepared: Path, k: int, seed: int, *, cached: bool) -> dict:
+    import dataclasses
+
+    from cxrad.config import EvaluateConfig, ScoreConfig
+    from cxrad.devices import device_name, resolve_device
+    from cxrad.methods.fitting import fit
+    from cxrad.methods.wscxr.config import WSCXRConfig
+    from cxrad.stages.evaluate import evaluate
+    from cxrad.stages.score import score
+
+    device = resolve_device(args.device)
+    cfg = WSCXRConfig(seed=seed, device=args.device)   # shots: all K of the prepared `anomaly` set
+    if args.epochs:
+        cfg = dataclasses.replace(cfg, epochs=args.epochs)
+    cfg.validate()
+    run = args.workdir / "runs" / f"wscxr-{cfg.backbone.replace('efficientnet-', '')}-{args.size}-e{cfg.epochs}-" \
+                                  f"k{k}-s{seed}"
+    timings: dict[str, float] = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        timings[name] = round(time.perf_counter() - t0, 2)
+        print(f"[K {k} seed {seed}] {name}: {timings[name]:.1f} s", flush=True)
+        return out
+
+    timed("fit", lambda: fit(prepared, run, "wscxr", cfg, force=True))
+    timed("score", lambda: score(run, ScoreConfig(split="test", device=args.device), force=True))
+    metrics = timed("evaluate", lambda: evaluate(run, EvaluateConfig(device=args.device), force=True))
+    model = json.loads((run / "model" / "manifest.json").read_text())
+    log = json.loads((run / "model" / "log.json").read_text())
+    s = metrics["scores"]["wscxr"]
+    return {
+        "benchmark": f"ZhangLab-OCSSL-{args.size}", "method": "wscxr", "shots": k, "seed": seed,
+        "config": {key: v for key, v in vars(cfg).items() if key != "device"},
+        "labels": args.labels.name, "anomalies": args.anomalies.name, "device": device_name(device),
+        "host": platform.node(), "threads": args.threads, "commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(run),
+        "auc": round(100 * s["auc"], 2), "ap": round(100 * s["ap"], 2),
+        "auc_ci95": _percent(s.get("auc_ci")), "ap_ci95": _percent(s.get("ap_ci")),
+        "metrics": s, "timings_s": timings, "features_cached": cached,
+        "epoch_seconds_mean": round(sum(r["seconds"] for r in log) / max(1, len(log)), 3),
+        "final_losses": model.get("final_losses"), "prototypes": model.get("prototypes"),
+        "train_images": model.get("train_images"), "anomaly_images": model.get("anomaly_images"),
+        "normal_patches": model.get("normal_patches"), "mining_reference": model.get("mining_reference"),
+        "weights_sha256": model.get("weights_sha256"), "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
