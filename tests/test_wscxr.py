@@ -228,3 +228,34 @@ def test_fit_score_evaluate_on_real_images(cli, prepared_anomalies, tmp_path, mo
     # 2 CPU-seconds of training on 30 normals and 4 pneumonia images, 64 px: well above chance
     # (72.6 on the machine this was written on; a broken mining or sign gives about 50 or below)
     assert metrics["auc"] > 0.6
+
+
+def test_feature_memo_reuses_per_image_and_is_off_by_default():
+    import numpy as np
+
+    from cxrad.methods.wscxr import features
+
+    class Counting:
+        calls = 0
+
+        def extract(self, images, *, batch_size, device, on_batch=None):
+            Counting.calls += len(images)
+            return torch.as_tensor(np.asarray(images)).reshape(len(images), 1, -1) * 2
+
+    imgs = np.random.default_rng(0).random((5, 4, 4), dtype=np.float32)
+    kw = dict(key=("toy",), batch_size=2, device=torch.device("cpu"))
+    features.extract(Counting(), imgs, **kw)
+    features.extract(Counting(), imgs, **kw)
+    assert Counting.calls == 10                               # no memo unless asked for
+    try:
+        features.enable_memo()
+        Counting.calls = 0
+        a = features.extract(Counting(), imgs[:3], **kw)
+        b = features.extract(Counting(), imgs[[4, 2, 0, 4]], **kw)      # 4 is new (once), 2 and 0 are kept
+        assert Counting.calls == 4
+        torch.testing.assert_close(b[1], a[2])
+        torch.testing.assert_close(b, torch.as_tensor(imgs[[4, 2, 0, 4]]).reshape(4, 1, -1) * 2)
+        features.extract(Counting(), imgs[:3], **dict(kw, key=("other",)))   # another extractor: recomputed
+        assert Counting.calls == 7
+    finally:
+        features.enable_memo(False)

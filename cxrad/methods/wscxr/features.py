@@ -57,4 +57,14 @@ def extract(extractor, images01: np.ndarray, *, key: tuple, batch_size: int, dev
 
     if _MEMO is None:
         return run()
-    return memoized(("features", key, digest(images01)), run)
+    # one memo entry per image, so that fit (all of Dn at once) and score (its own batches) share them
+    keys = [("features", key, digest(image)) for image in images01]
+    seen: set[tuple] = set()
+    todo = [i for i, k in enumerate(keys) if k not in _MEMO and not (k in seen or seen.add(k))]
+    if todo:
+        with progress.task(label or "features", len(todo), quiet=label is None) as bar:
+            feats = extractor.extract(np.asarray(images01)[todo], batch_size=batch_size, device=device,
+                                      on_batch=bar.advance)
+        for i, f in zip(todo, feats):
+            _MEMO[keys[i]] = f.clone()
+    return torch.stack([_MEMO[k] for k in keys])
