@@ -7,7 +7,7 @@ RESULTS/simsid.jsonl: AUC/AP (with 95 % intervals) of each score, wall time per 
 per epoch, peak RSS of the process, epochs, commit.
 
     CXRAD_DATA=/path/to/data CXRAD_NO_PROGRESS=1 nice -n 5 python benchmarks/simsid_zhanglab.py \\
-        --size 64 --epochs 2 --seeds 0,1,2
+        --size 64 --epochs 4 --seeds 0,1,2
 
 Each seed runs in its own process (its own peak RSS). A fit stopped by SIGTERM (e.g. the time
 limit of benchmarks/device_check.sh) checkpoints; the line then says how far it got
@@ -55,7 +55,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="training epochs (official: 1000)")
     ap.add_argument("--batch-size", type=int, help="default: SimSIDConfig's (16)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1: on the shared 2-core machine a training step ran 3x faster with "
+                         "one thread than with two; benchmarks/results/simsid-profile.md)")
     ap.add_argument("--workdir", type=Path, default=REPO / "cxrad-work" / "bench")
     ap.add_argument("--prepared", type=Path, help="an existing prepared folder to use (must match --size)")
     ap.add_argument("--data", type=Path, help="data root [default: $CXRAD_DATA]")
