@@ -43,7 +43,7 @@ from cxrad.artifacts import MANIFEST_NAME, is_valid, read_manifest, same_identit
 from cxrad.config import EvaluateConfig, PrepareConfig, ScoreConfig, replace_known, toml_value
 from cxrad.errors import CxradError
 from cxrad.layout import RunLayout
-from cxrad.stages.evaluate import evaluate
+from cxrad.stages.evaluate import evaluate, has_intervals
 from cxrad.stages.prepare import _record as prepare_record
 from cxrad.stages.prepare import prepare
 from cxrad.stages.score import score
@@ -221,6 +221,8 @@ def _out_of_date(folder: Path, kind: str, config: Callable[[], Any] | None) -> s
                 source = Path(record["path"]) / MANIFEST_NAME
                 if not source.is_file() or sha256_file(source) != record["manifest_sha256"]:
                     return f"its input {name} changed since"
+        if kind == "eval" and not has_intervals(folder):
+            return "made before evaluate reported confidence intervals"
     except CxradError as exc:
         return f"cannot tell whether it is current ({exc})"
     return None

@@ -117,7 +117,7 @@ def _saw(info: RunInfo) -> dict[str, Any]:
     """What the run was trained on: {"sets": [...], "counts": {set: n}, "text": "Dn 1000 + Du 853"}."""
     try:
         sets = tuple(methods.get(info.method).training_sets(info))
-    except CxradError:
+    except (CxradError, ImportError):   # a method of another install, or one whose optional extra is missing
         return {"sets": [], "counts": {}, "text": f"unknown (method {info.method!r} is not installed)"}
     try:
         summary = read_manifest(info.prepared, "prepared").get("summary", {})

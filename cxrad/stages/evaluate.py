@@ -76,7 +76,7 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
     # a previous evaluation with the same options but other inputs is stale: redo it
     old = out / "manifest.json"
     if not force and old.is_file() and is_valid(out, "eval"):
-        if json.loads(old.read_text()).get("inputs") != json.loads(json.dumps(inputs)) or not _has_intervals(out):
+        if json.loads(old.read_text()).get("inputs") != json.loads(json.dumps(inputs)) or not has_intervals(out):
             force = True
     source = SplitScores(info, method, device, records, "cxrad evaluate")
     if force and not uses_maps:  # the models load before --force deletes the old evaluation: a damaged one
@@ -120,7 +120,7 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
     return metrics
 
 
-def _has_intervals(out: Path) -> bool:
+def has_intervals(out: Path) -> bool:
     """Whether an earlier evaluation reports confidence intervals (those made before they existed
     are redone, so every metrics.json a reader finds has them)."""
     try:
