@@ -18,6 +18,8 @@ from cxrad.artifacts import input_record, read_manifest, sha256_file, write_mani
 from cxrad.config import EvaluateConfig, PrepareConfig
 from cxrad.io.store import load_split, preprocessing_of
 from cxrad.metrics_ci import auc_interval, delong, paired_delong_p
+from cxrad.runs import open_run
+from cxrad.stages.compare import _saw
 from cxrad.stages.evaluate import evaluate
 from cxrad.stages.prepare import prepare
 
@@ -31,10 +33,10 @@ class WeakToy(ToyMethod):
         return ("normal", "anomaly")
 
 
-def _fit(prepared: Path, run: Path, method: str = "toy") -> Path:
+def _fit(prepared: Path, run: Path, method: str = "toy", **tables) -> Path:
     run.mkdir(parents=True)
     np.save(run / MEAN_FILE, load_split(prepared, "normal").images.mean(axis=0).astype(np.float32))
-    write_manifest(run, "run", {"method": method, "preprocessing": preprocessing_of(prepared)},
+    write_manifest(run, "run", {"method": method, "preprocessing": preprocessing_of(prepared), **tables},
                    inputs={"prepared": input_record(prepared)}, outputs=[MEAN_FILE], extra={"method": method})
     return run
 
@@ -70,7 +72,8 @@ def runs(tiny_run, tmp_path_factory) -> dict[str, Path]:
     fewer = prepare(SAMPLE, root / "fewer", cfg, labels=_labels(root, "fewer", lambda rows: rows[:-3]))
     out = {"ddad": tiny_run["run"], "toy_a": _fit(tiny_run["prepared"], root / "toy_a"),
            "toy_b": _fit(tiny_run["prepared"], root / "toy_b"), "weak": _fit(weak, root / "weak_run", "weaktoy"),
-           "fewer": _fit(fewer, root / "fewer_run"), "unevaluated": _fit(tiny_run["prepared"], root / "toy_c")}
+           "fewer": _fit(fewer, root / "fewer_run"), "unevaluated": _fit(tiny_run["prepared"], root / "toy_c"),
+           "weak_1shot": _fit(weak, root / "weak_1shot", "weaktoy", weaktoy={"shots": 1})}
     for name in ("toy_a", "toy_b", "weak", "fewer"):
         evaluate(out[name], EvaluateConfig(device="cpu"))
     yield out
@@ -139,6 +142,8 @@ def test_compare_two_methods_and_a_weakly_supervised_run(runs, tmp_path, cli):
     saw = {r["run"]: r["saw"] for r in result["runs"]}
     assert saw[runs["ddad"].name]["text"] == "Dn 30 + Du 25" and saw["toy_a"]["text"] == "Dn 30"
     assert saw["weak_run"]["text"] == "Dn 30 + 2 labelled abnormal"
+    # a run that trained on the first `shots` of them says so (Method.labelled_anomalies_used)
+    assert _saw(open_run(runs["weak_1shot"]))["text"] == "Dn 30 + 1 labelled abnormal"
     # report and provenance
     md = (out / "compare.md").read_text()
     assert "| weak_run | weaktoy | **D_mean** | Dn 30 + 2 labelled abnormal |" in md and "p vs best" in md

@@ -107,3 +107,12 @@ class Method:
         K labelled abnormal images; only a method that reads them with ``labelled_anomalies=True``
         says so). `cxrad compare` reports them as what each run was allowed to see."""
         return ("normal",)
+
+    def labelled_anomalies_used(self, run: "RunInfo", available: int) -> int:
+        """How many of the prepared data's ``available`` labelled anomalies ``run`` trained on (when
+        :meth:`training_sets` names "anomaly"): the first ``shots`` when a table of the run's
+        configuration sets that key (e.g. ``[wscxr] shots``), else all of them."""
+        for table in run.config.values():
+            if isinstance(table, dict) and isinstance(table.get("shots"), int):
+                return min(table["shots"], available)
+        return available

@@ -116,7 +116,8 @@ def _read_scores(path: Path, names: list[str]) -> tuple[list[str], np.ndarray, d
 def _saw(info: RunInfo) -> dict[str, Any]:
     """What the run was trained on: {"sets": [...], "counts": {set: n}, "text": "Dn 1000 + Du 853"}."""
     try:
-        sets = tuple(methods.get(info.method).training_sets(info))
+        method = methods.get(info.method)
+        sets = tuple(method.training_sets(info))
     except (CxradError, ImportError):   # a method of another install, or one whose optional extra is missing
         return {"sets": [], "counts": {}, "text": f"unknown (method {info.method!r} is not installed)"}
     try:
@@ -125,7 +126,8 @@ def _saw(info: RunInfo) -> dict[str, Any]:
         summary = {}
     counts = {name: int(summary.get("sets", {}).get(name, {}).get("count", 0)) for name in sets if name != "anomaly"}
     if "anomaly" in sets:
-        counts["anomaly"] = int(summary.get("labelled_anomalies", {}).get("count", 0))
+        counts["anomaly"] = method.labelled_anomalies_used(
+            info, int(summary.get("labelled_anomalies", {}).get("count", 0)))
     text = " + ".join(f"{SET_SYMBOL[n]} {counts[n]}" if n in SET_SYMBOL else f"{counts[n]} labelled abnormal"
                       for n in sets) if summary else " + ".join(SET_SYMBOL.get(n, n) for n in sets)
     return {"sets": list(sets), "counts": counts, "text": text}
