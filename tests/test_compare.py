@@ -98,6 +98,10 @@ def test_evaluate_reports_intervals(tiny_run):
         assert m["auc"] == pytest.approx(aucs[0], abs=1e-12)
         assert m["auc_ci"] == pytest.approx(list(auc_interval(aucs[0], cov[0, 0])), abs=1e-12)
         assert m["auc_ci"][0] <= m["auc"] <= m["auc_ci"][1] and m["ap_ci"][0] <= m["ap"] <= m["ap_ci"][1]
+    from cxrad.report.summaries import summarize_eval
+
+    shown = summarize_eval(eval_dir)     # what `cxrad inspect RUN/eval` prints
+    assert all(shown[k]["auc_ci"] == [round(100 * x, 2) for x in m["auc_ci"]] for k, m in metrics["scores"].items())
     table = (eval_dir / "metrics.md").read_text()
     assert "AUC [95 % CI]" in table and "stratified bootstrap" in table
     first = next(iter(metrics["scores"].values()))

@@ -19,7 +19,9 @@ def summarize_maps(folder: Path) -> dict[str, Any]:
 def summarize_eval(folder: Path) -> dict[str, Any]:
     read_manifest(folder, "eval")
     m = json.loads((Path(folder) / "metrics.json").read_text())
-    return {k: {"auc": round(100 * v["auc"], 2), "ap": round(100 * v["ap"], 2)} for k, v in m["scores"].items()}
+    return {k: {"auc": round(100 * v["auc"], 2), "ap": round(100 * v["ap"], 2),
+                **{key: [round(100 * x, 2) for x in v[key]] for key in ("auc_ci", "ap_ci") if v.get(key)}}
+            for k, v in m["scores"].items()}
 
 
 def summarize_predictions(folder: Path) -> dict[str, Any]:
