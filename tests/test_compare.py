@@ -197,3 +197,28 @@ def test_run_labels_are_the_shortest_distinct_path_tails():
     assert _labels_of([Path("/w/a/runs/x"), Path("/w/b/runs/x"), Path("/w/b/runs/y")]) == \
         ["a/runs/x", "b/runs/x", "b/runs/y"]
     assert _labels_of([Path("/w/x"), Path("/w/y")]) == ["x", "y"]
+
+
+def test_an_evaluation_from_before_intervals_is_redone(runs, tiny_run, tmp_path):
+    """An eval folder written by an earlier cxrad (valid manifest, no intervals in metrics.json) is not
+    "up to date": `cxrad evaluate` and `cxrad run` redo it."""
+    from cxrad.pipeline import _out_of_date
+    from cxrad.stages.evaluate import OUTPUTS, has_intervals
+
+    run = _fit(tiny_run["prepared"], tmp_path / "old")
+    evaluate(run, EvaluateConfig(device="cpu"))
+    eval_dir = run / "eval"
+    old = json.loads((eval_dir / "manifest.json").read_text())
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    metrics.pop("intervals")
+    for m in metrics["scores"].values():
+        for key in ("auc_ci", "auc_se", "ap_ci"):
+            m.pop(key)
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+    write_manifest(eval_dir, "eval", EvaluateConfig(device="cpu"), inputs=old["inputs"], outputs=list(OUTPUTS))
+    assert read_manifest(eval_dir, "eval") and not has_intervals(eval_dir)
+    assert _out_of_date(eval_dir, "eval", lambda: EvaluateConfig(device="cpu")) == \
+        "made before evaluate reported confidence intervals"
+    redone = evaluate(run, EvaluateConfig(device="cpu"))
+    assert "auc_ci" in redone["scores"]["D_mean"] and has_intervals(eval_dir)
+    assert _out_of_date(eval_dir, "eval", lambda: EvaluateConfig(device="cpu")) is None
