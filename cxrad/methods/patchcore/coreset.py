@@ -67,14 +67,15 @@ def greedy_coreset(features: torch.Tensor, count: int, *, projection_dim: int = 
     if count >= n:
         return Coreset(torch.arange(n), 0.0, torch.zeros(n))
     z = random_projection(features, projection_dim, gen)
-    z_sq = (z * z).sum(1)
+    z_sq = torch.linalg.vector_norm(z, dim=1).square_()   # no N × 128 temporary
     first = int(torch.randint(n, (1,), generator=gen))
     chosen = torch.empty(count, dtype=torch.long)
     radii = torch.empty(count, dtype=z.dtype)
     chosen[0], radii[0] = first, float("inf")
     nearest = _dist_to(z, z_sq, z[first])                  # distance to the nearest chosen row
     for t in range(1, count):
-        j = int(nearest.argmax())
-        chosen[t], radii[t] = j, nearest[j]
+        far, j = nearest.max(0)            # one pass; ties: the lowest index
+        j = int(j)
+        chosen[t], radii[t] = j, float(far)
         torch.minimum(nearest, _dist_to(z, z_sq, z[j]), out=nearest)
     return Coreset(chosen, float(nearest.max()), radii)
