@@ -185,3 +185,24 @@ def test_bad_weights_file_is_one_line_error_with_exit_code(prepared_sample, cli,
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert str(bad) in err and "not a state dict of efficientnet-lite0" in err
     assert not (tmp_path / "run" / "model" / "model.pt").exists()
+
+
+def test_scoring_forward_batches_are_bounded(patchcore_run):
+    """`cxrad score` asks for batches of 256; at 224 px the scorer runs at most 32 images per pass."""
+    from cxrad.methods.patchcore.method import PatchCoreScorer
+
+    state = torch.load(patchcore_run / "model" / "model.pt", map_location="cpu", weights_only=True)
+    scorer = PatchCoreScorer({**state, "input_size": 224}, torch.device("cpu"))
+    seen: list[int] = []
+
+    class Stub(torch.nn.Module):   # records batch sizes; features of the right width
+        def grid(self):
+            return 2, 2
+
+        def forward(self, x):
+            seen.append(len(x))
+            return torch.zeros(len(x), 4, state["memory_bank"].shape[1])
+
+    scorer.extractor = Stub()
+    out = scorer.score(np.zeros((70, 16, 16), np.float32), batch_size=256)
+    assert seen == [32, 32, 6] and out.maps["patchcore"].shape == (70, 16, 16)

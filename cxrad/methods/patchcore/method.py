@@ -29,6 +29,7 @@ from cxrad.methods.patchcore.config import PatchCoreConfig
 from cxrad.scores import ScoredImages, ScoreSpec
 
 STATE_FORMAT = "cxrad-patchcore-1"
+FORWARD_PIXELS = 32 * 224 * 224   # input pixels per scoring forward pass (bounds activation memory)
 SCORE = "patchcore"
 SPECS = (ScoreSpec(SCORE, "largest patch distance to the nearest normal (memory-bank) patch feature; map: "
                           "patch distances, upsampled and smoothed", priority=0),)
@@ -135,6 +136,10 @@ class PatchCoreScorer(Scorer):
         return maps, dist.flatten(1).amax(1)
 
     def score(self, images01: np.ndarray, *, batch_size: int = 64, label: Optional[str] = None) -> ScoredImages:
+        """``batch_size`` is an upper bound: the backbone's activations take about 20 MB per image at
+        224 px, so a forward pass holds at most ``FORWARD_PIXELS`` input pixels (32 images at 224 px;
+        `cxrad score`'s default batch of 256 would otherwise need over 5 GB)."""
+        batch_size = max(1, min(batch_size, FORWARD_PIXELS // (self.input_size * self.input_size)))
         n = len(images01)
         h, w = np.shape(images01)[1:] if np.ndim(images01) == 3 else (0, 0)
         maps, scores = np.zeros((n, h, w), np.float32), np.zeros(n, np.float32)
