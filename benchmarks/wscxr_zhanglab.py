@@ -16,6 +16,12 @@ once, so only the first run's `fit` and `score` pay for extraction (its record s
 
     CXRAD_DATA=/path/to/data CXRAD_NO_PROGRESS=1 nice -n 5 python benchmarks/wscxr_zhanglab.py
     python benchmarks/wscxr_zhanglab.py --shots 2 --seeds 0 --epochs 5      # a quick look
+
+``--epoch-analysis`` (REPORT ONLY, no run folder, nothing chosen): trains the same models again and
+after every epoch computes the test AUC, and the official code's selection criterion — the mean of
+test AUROC, ACC and F1, ACC/F1 at the Youden threshold of min-max normalised test scores — to
+measure how much the paper's protocol (keep the epoch best on the test set) adds over the last
+epoch. One line per (K, seed) in benchmarks/results/wscxr-epoch-analysis.jsonl.
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", type=Path, default=SPLITS / "zhanglab-ocssl.csv")
     ap.add_argument("--anomalies", type=Path, default=SPLITS / "zhanglab-fewshot-anomalies.csv")
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--epoch-analysis", action="store_true",
+                    help="report only: per-epoch test metrics and the paper's test-set epoch selection")
     args = ap.parse_args(argv)
     args.source = args.source or data_file(KERMANY_224, args.data)
     shots, seeds = _ints(args.shots), _ints(args.seeds)
@@ -93,6 +101,13 @@ def main(argv=None) -> int:
         prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, anomaly_shots=k),
                 labels=args.labels, anomalies=args.anomalies)
         prepare_s = round(time.perf_counter() - t0, 2)
+        if args.epoch_analysis:
+            for seed in seeds:
+                record = epoch_analysis(args, prepared, k, seed)
+                with open(args.results / "wscxr-epoch-analysis.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                print(json.dumps({key: v for key, v in record.items() if key != "per_epoch"}), flush=True)
+            continue
         for seed in seeds:
             record = run_one(args, prepared, k, seed, cached=not first)
             record["timings_s"]["prepare"] = prepare_s
@@ -151,6 +166,65 @@ def run_one(args, prepared: Path, k: int, seed: int, *, cached: bool) -> dict:
         "normal_patches": model.get("normal_patches"), "mining_reference": model.get("mining_reference"),
         "weights_sha256": model.get("weights_sha256"), "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
+
+
+def _paper_selection_metrics(labels, scores) -> dict:
+    """The official code's wscxr/metrics.py on TEST scores: AUROC, and ACC/F1 at the threshold
+    maximising TPR - FPR on the min-max normalised test scores themselves."""
+    import numpy as np
+    from sklearn.metrics import f1_score, roc_auc_score, roc_curve
+
+    s = (scores - scores.min()) / (scores.max() - scores.min())
+    fpr, tpr, thr = roc_curve(labels, s)
+    t = thr[int(np.argmax(tpr - fpr))]
+    pred = (s >= t).astype(np.int64)
+    return {"auc": float(roc_auc_score(labels, s)), "acc": float((pred == labels).mean()),
+            "f1": float(f1_score(labels, pred))}
+
+
+def epoch_analysis(args, prepared: Path, k: int, seed: int) -> dict:
+    """Report only: the model of `fit` retrained in memory, scored on the test set after each epoch."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from cxrad.devices import resolve_device
+    from cxrad.features.backbones import load_backbone
+    from cxrad.io.store import load_split
+    from cxrad.methods.fitting import FitContext
+    from cxrad.methods.wscxr.config import WSCXRConfig
+    from cxrad.methods.wscxr.features import extract
+    from cxrad.methods.wscxr.method import _extractor, _extractor_key, make_trainer
+
+    device = resolve_device(args.device)
+    cfg = WSCXRConfig(seed=seed, device=args.device)
+    if args.epochs:
+        cfg = dataclasses.replace(cfg, epochs=args.epochs)
+    cfg.validate()
+    trainer = make_trainer(FitContext(prepared, args.workdir / "unused", device, cfg))
+    backbone = load_backbone(cfg.backbone, cfg.weights or None)
+    extractor = _extractor(backbone.trunk, cfg.input_size, cfg.feature_dim, device)
+    test = load_split(prepared, "test")
+    feats = extract(extractor, test.images, key=_extractor_key(cfg.backbone, backbone.sha256 or "", cfg.input_size,
+                                                               cfg.feature_dim), batch_size=32, device=device)
+    labels = test.labels.astype(np.int64)
+    per_epoch = []
+    for epoch in range(1, cfg.epochs + 1):
+        losses = trainer.run_epoch()
+        with torch.no_grad():
+            trainer.model.eval()
+            out = trainer.model(feats.reshape(-1, feats.shape[-1]).to(device)).reshape(len(feats), -1)
+            trainer.model.train()
+        m = _paper_selection_metrics(labels, out.amax(1).cpu().numpy().astype(np.float64))
+        per_epoch.append({"epoch": epoch, "loss": losses[0], **{key: round(100 * v, 2) for key, v in m.items()}})
+    best = max(per_epoch, key=lambda r: (r["auc"] + r["acc"] + r["f1"]) / 3)   # the code's criterion
+    last = per_epoch[-1]
+    return {"analysis": "test metrics per epoch, REPORT ONLY", "shots": k, "seed": seed, "epochs": cfg.epochs,
+            "last_epoch": last, "paper_selected_epoch": best,
+            "auc_gain_of_test_selection": round(best["auc"] - last["auc"], 2),
+            "max_auc_any_epoch": max(r["auc"] for r in per_epoch), "commit": _git_commit(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "per_epoch": per_epoch}
 
 
 if __name__ == "__main__":
