@@ -160,6 +160,8 @@ def test_fit_score_evaluate_on_real_x_rays(patchcore_run, prepared_sample, cli):
     feats = scorer.extractor(x).reshape(-1, 256)
     patch = knn_distance(feats, state["memory_bank"]).reshape(4, -1)
     assert np.allclose(scores[:4], patch.amax(1).numpy(), rtol=1e-4)
+    assert np.allclose(stored.scored.scores["patchcore_mean"][:4], patch.mean(1).numpy(), rtol=1e-4)
+    assert np.array_equal(stored.scored.maps["patchcore_mean"], maps)
     assert (maps[:4].reshape(4, -1).max(1) <= scores[:4] + 1e-4).all()   # smoothing only lowers peaks
     assert len(load_labels(prepared_sample, "test")) == 65
 
@@ -206,3 +208,4 @@ def test_scoring_forward_batches_are_bounded(patchcore_run):
     scorer.extractor = Stub()
     out = scorer.score(np.zeros((70, 16, 16), np.float32), batch_size=256)
     assert seen == [32, 32, 6] and out.maps["patchcore"].shape == (70, 16, 16)
+    assert set(out.scores) == {"patchcore", "patchcore_mean"}
