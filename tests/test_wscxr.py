@@ -225,6 +225,9 @@ def test_fit_score_evaluate_on_real_images(cli, prepared_anomalies, tmp_path, mo
     rows = [line.split(",") for line in (run / "eval" / "scores.csv").read_text().splitlines()[1:]]
     labels, scores = np.array([int(r[1]) for r in rows]), np.array([float(r[2]) for r in rows])
     assert metrics["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert (run / "eval" / "scores.csv").read_text().splitlines()[0] == "id,label,wscxr,wscxr_mean"
+    means = np.array([float(r[3]) for r in rows])
+    assert (means <= scores).all()                          # the mean patch output never exceeds the largest
     # 2 CPU-seconds of training on 30 normals and 4 pneumonia images, 64 px: well above chance
     # (72.6 on the machine this was written on; a broken mining or sign gives about 50 or below)
     assert metrics["auc"] > 0.6

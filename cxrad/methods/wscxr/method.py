@@ -8,9 +8,11 @@ PatchCore does), so scoring needs no weights file.
 
 Scoring, per image: the discriminator's output for each patch feature on the stride-8 grid (28×28
 at 224 px). Score "wscxr": the largest patch output (paper Sec. II-D; the code's PatchMaker.score),
-taken before upsampling. Map: the patch outputs upsampled bilinearly to the prepared image size and
-smoothed with a Gaussian (``smoothing_sigma`` pixels at the input size; the code's
-RescaleSegmentor, sigma 4).
+taken before upsampling; it decides, as in the paper. Score "wscxr_mean": the mean patch output —
+on the ZhangLab dev split (never the test split) it separated normal from pneumonia images better
+than the maximum (benchmarks/wscxr_dev_study.py, docs/wscxr.md). Map (both scores): the patch
+outputs upsampled bilinearly to the prepared image size and smoothed with a Gaussian
+(``smoothing_sigma`` pixels at the input size; the code's RescaleSegmentor, sigma 4).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from cxrad.methods.wscxr.discriminator import PatchDiscriminator
 from cxrad.methods.wscxr.trainer import STATE_FORMAT, WSCXRTrainer
 from cxrad.scores import ScoredImages, ScoreSpec
 
-SCORE = "wscxr"
+SCORE, SCORE_MEAN = "wscxr", "wscxr_mean"
 FORWARD_BATCH = 32   # images per backbone pass while scoring (activation memory, not results)
 SPECS = (ScoreSpec(SCORE, "largest patch output of the discriminator trained on normal and mined abnormal patch "
-                          "features; map: patch outputs, upsampled and smoothed", priority=0),)
+                          "features; map: patch outputs, upsampled and smoothed", priority=0),
+         ScoreSpec(SCORE_MEAN, "mean patch output of the same discriminator (same map); better than the maximum on "
+                               "the dev split, docs/wscxr.md", priority=1))
 
 
 def _extractor(trunk, input_size: int, feature_dim: int, device: torch.device):
@@ -67,7 +71,7 @@ def make_trainer(ctx: FitContext) -> WSCXRTrainer:
 class WSCXRScorer(Scorer):
     """A trained discriminator and its frozen backbone: images -> patch-output maps and max scores."""
 
-    names = (SCORE,)
+    names = (SCORE, SCORE_MEAN)
 
     def __init__(self, state: dict[str, Any], device: torch.device, source: str = "model.pt"):
         from cxrad.features.backbones import trunk_from_state
@@ -87,29 +91,31 @@ class WSCXRScorer(Scorer):
 
     @torch.no_grad()
     def score_features(self, feats: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats (B, P, D) -> maps (B, H, W) at ``size``, scores (B,)."""
+        """feats (B, P, D) -> maps (B, H, W) at ``size``, raw patch outputs (B, h, w)."""
         from cxrad.methods.patchcore.anomaly_maps import patch_maps, sigma_at
 
         b, _, d = feats.shape
         gh, gw = self.extractor.grid()
         out = self.model(feats.to(self.device).reshape(-1, d)).reshape(b, gh, gw)
-        maps = patch_maps(out, size, sigma_at(size[0], self.input_size, self.sigma))
-        return maps, out.flatten(1).amax(1)
+        return patch_maps(out, size, sigma_at(size[0], self.input_size, self.sigma)), out
 
     def score(self, images01: np.ndarray, *, batch_size: int = 64, label: Optional[str] = None) -> ScoredImages:
         from cxrad.methods.wscxr.features import extract
 
         n = len(images01)
         h, w = np.shape(images01)[1:] if np.ndim(images01) == 3 else (0, 0)
-        maps, scores = np.zeros((n, h, w), np.float32), np.zeros(n, np.float32)
+        maps = np.zeros((n, h, w), np.float32)
+        top, mean = np.zeros(n, np.float32), np.zeros(n, np.float32)
         with progress.task(label or "scoring", n, quiet=label is None) as bar:
             for s in range(0, n, batch_size):
                 x = np.asarray(images01[s:s + batch_size], np.float32)
                 feats = extract(self.extractor, x, key=self.key, batch_size=FORWARD_BATCH, device=self.device)
-                m, sc = self.score_features(feats, (h, w))
-                maps[s:s + len(x)], scores[s:s + len(x)] = m.cpu().numpy(), sc.cpu().numpy()
+                m, out = self.score_features(feats, (h, w))
+                maps[s:s + len(x)] = m.cpu().numpy()
+                top[s:s + len(x)] = out.flatten(1).amax(1).cpu().numpy()
+                mean[s:s + len(x)] = out.flatten(1).mean(1).cpu().numpy()
                 bar.advance(len(x))
-        return ScoredImages({SCORE: maps}, {SCORE: scores})
+        return ScoredImages({SCORE: maps, SCORE_MEAN: maps}, {SCORE: top, SCORE_MEAN: mean})
 
 
 class WSCXRMethod(SingleModelMethod):
