@@ -262,3 +262,33 @@ def test_feature_memo_reuses_per_image_and_is_off_by_default():
         assert Counting.calls == 7
     finally:
         features.enable_memo(False)
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_scorer_from_final_state_matches_the_discriminator(hidden):
+    # model.pt's contents -> WSCXRScorer: scores are the max / mean of D over the image's patch
+    # features, the map has the image's size (random-init Lite0 at 32 px: a 4 x 4 grid)
+    import numpy as np
+
+    from cxrad.features.backbones import load_backbone
+    from cxrad.methods.wscxr.method import SCORE, SCORE_MEAN, WSCXRScorer, _extractor
+
+    backbone = load_backbone("efficientnet-lite0", pretrained=False)
+    trunk = backbone.trunk
+    keep = {"backbone": "efficientnet-lite0", "stages": list(trunk.stages), "trunk": trunk.state_dict(),
+            "weights": "random init", "weights_sha256": "", "input_size": 32, "feature_dim": 8,
+            "smoothing_sigma": 4.0}
+    normal, protos = _toy_features(4, n=6, p=16, d=8)
+    cfg = WSCXRConfig(epochs=2, batch_size=3, hidden=hidden, input_size=32, feature_dim=8).validate()
+    trainer = WSCXRTrainer(normal, protos, cfg, torch.device("cpu"), keep=keep)
+    trainer.run_epoch()
+    scorer = WSCXRScorer(trainer.final_state(), torch.device("cpu"))
+    images = np.random.default_rng(0).random((3, 40, 40), dtype=np.float32)
+    out = scorer.score(images, batch_size=2)
+    assert out.maps[SCORE].shape == (3, 40, 40) and out.scores[SCORE].shape == (3,)
+    feats = _extractor(trunk, 32, 8, torch.device("cpu"))(torch.as_tensor(images))       # (3, 16, 8)
+    trainer.model.eval()
+    with torch.no_grad():
+        d = trainer.model(feats.reshape(-1, 8)).reshape(3, -1)
+    np.testing.assert_allclose(out.scores[SCORE], d.amax(1).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.scores[SCORE_MEAN], d.mean(1).numpy(), rtol=1e-5, atol=1e-6)
