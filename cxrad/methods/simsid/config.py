@@ -59,7 +59,8 @@ class SimSIDConfig(StageConfig):
                                         # "running": the running statistics (eval mode)
     seed: int = 0
     device: Device = operational("auto")
-    score_batch_size: int = operational(64)   # images per forward pass when computing the score statistics
+    score_batch_size: int = operational(64)   # most images per forward pass when scoring and computing the
+                                        # score statistics (a 256-image batch at 128 px needs ~5 GB)
     checkpoint_every: int = operational(10)   # epochs between resume checkpoints
 
     def check(self) -> None:

@@ -52,9 +52,12 @@ class SimSIDScorer(Scorer):
             raise CxradError(f"SimSID model takes {self.cfg.size} px images, got {images01.shape[1]} x "
                              f"{images01.shape[2]}; prepare the images at the run's size.")
         parts: list[ScoredImages] = []
+        # the stage's batch (256 by default) is capped: the full-resolution decoder levels hold
+        # ~20 MB of activations per 128-px image
+        step = max(1, min(batch_size, self.cfg.score_batch_size))
         with progress.task(label or "scoring", len(images01), quiet=label is None) as bar:
-            for s in range(0, len(images01), batch_size):
-                x = torch.as_tensor(np.asarray(images01[s:s + batch_size], np.float32), device=self.device)
+            for s in range(0, len(images01), step):
+                x = torch.as_tensor(np.asarray(images01[s:s + step], np.float32), device=self.device)
                 recon, logit = reconstruct(self.gen, self.disc, x, self.cfg)
                 err = ((x - recon) ** 2).float().cpu().numpy()
                 score = ((self.mean - logit) / (self.std + 1e-8)).float().cpu().numpy()
