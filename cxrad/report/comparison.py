@@ -75,7 +75,9 @@ def roc_all(labels: np.ndarray, scores: list[np.ndarray], rows: list[dict[str, A
             level: float = 0.95) -> None:
     """Every ROC curve in one figure: ``scores[i]`` (N,) belongs to ``rows[i]``; decision scores solid,
     the others dashed; colours cycle over 20."""
-    fig, ax = plt.subplots(figsize=(7, 7))
+    many = len(rows) > 12
+    # many curves: the legend goes beside the axes, where it cannot hide them
+    fig, ax = plt.subplots(figsize=(13, 7) if many else (7, 7))
     colours = plt.get_cmap("tab20").colors
     for i, (s, row) in enumerate(zip(scores, rows)):
         c = curves(labels, s)
@@ -85,5 +87,9 @@ def roc_all(labels: np.ndarray, scores: list[np.ndarray], rows: list[dict[str, A
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC (AUC [{100 * level:g} % CI])",
            xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=6 if len(rows) > 12 else 8)
+    if many:
+        ax.set_aspect("equal")
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=6, ncol=1 if len(rows) <= 45 else 2)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
