@@ -17,33 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _percent(interval):
-    """[lo, hi] in percent, or None when evaluate reports no interval."""
-    try:
-        return [round(100 * float(v), 2) for v in interval]
-    except (TypeError, ValueError):
-        return None
+from bench_record import git_commit, peak_rss_mb, percent
 
 
 def main(argv=None) -> int:
@@ -125,12 +105,12 @@ def run_one(args, seed: int) -> dict:
         "benchmark": f"ZhangLab-OCSSL-{args.size}", "method": "patchcore", "seed": seed,
         "config": {k: v for k, v in vars(cfg).items() if k not in ("device",)},
         "labels": args.labels.name, "device": device_name(device), "host": platform.node(),
-        "threads": args.threads, "commit": _git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "threads": args.threads, "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": str(run),
         "auc": round(100 * s["auc"], 2), "ap": round(100 * s["ap"], 2),
-        "auc_ci95": _percent(s.get("auc_ci")), "ap_ci95": _percent(s.get("ap_ci")),
+        "auc_ci95": percent(s.get("auc_ci")), "ap_ci95": percent(s.get("ap_ci")),
         "scores": {k: {"auc": round(100 * v["auc"], 2), "ap": round(100 * v["ap"], 2),
-                       "auc_ci95": _percent(v.get("auc_ci")), "ap_ci95": _percent(v.get("ap_ci"))}
+                       "auc_ci95": percent(v.get("auc_ci")), "ap_ci95": percent(v.get("ap_ci"))}
                    for k, v in scores.items()},
         "metrics": scores, "timings_s": timings,
         "extract_s": model.get("extract_s"), "coreset_s": model.get("coreset_s"),
@@ -138,7 +118,7 @@ def run_one(args, seed: int) -> dict:
         "score_images_per_s": round((n_test + model["train_images"]) / timings["score"], 2),   # Dn + test
         "train_images": model["train_images"], "train_patches": model["train_patches"],
         "memory_bank": model["memory_bank"], "covering_radius": model.get("covering_radius"),
-        "weights_sha256": model.get("weights_sha256"), "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "weights_sha256": model.get("weights_sha256"), "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 

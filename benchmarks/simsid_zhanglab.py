@@ -20,32 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _percent(interval):
-    try:
-        return [round(100 * float(v), 2) for v in interval]
-    except (TypeError, ValueError):
-        return None
+from bench_record import git_commit, peak_rss_mb, percent
 
 
 def main(argv=None) -> int:
@@ -123,7 +104,7 @@ def run_one(args, seed: int) -> dict:
     record = {"benchmark": f"ZhangLab-OCSSL-{args.size}", "method": "simsid", "seed": seed,
               "config": {k: v for k, v in vars(cfg).items() if k != "device"},
               "labels": args.labels.name, "device": device_name(device), "host": platform.node(),
-              "threads": args.threads, "commit": _git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "threads": args.threads, "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "run": str(run), "protocol": "train on Dn only, last epoch kept, no labelled selection"}
     try:
         timed("fit", lambda: fit(prepared, run, "simsid", cfg, resume=ckpt.is_file()))
@@ -132,7 +113,7 @@ def run_one(args, seed: int) -> dict:
         log = json.loads(state["log"]) if state else []
         record.update(completed=False, stopped=str(exc), epochs=len(log), timings_s=timings,
                       seconds_per_epoch=round(sum(r["seconds"] for r in log) / len(log), 1) if log else None,
-                      peak_rss_mb=round(_peak_rss_mb(), 1))
+                      peak_rss_mb=round(peak_rss_mb(), 1))
         return record
     timed("score", lambda: score(run, ScoreConfig(split="test", device=args.device), force=True))
     metrics = timed("evaluate", lambda: evaluate(run, EvaluateConfig(device=args.device), force=True))
@@ -143,12 +124,12 @@ def run_one(args, seed: int) -> dict:
         completed=True, epochs=model["epochs"], train_images=model["train_images"],
         auc={k: round(100 * v["auc"], 2) for k, v in scores.items()},
         ap={k: round(100 * v["ap"], 2) for k, v in scores.items()},
-        auc_ci95={k: _percent(v.get("auc_ci")) for k, v in scores.items()},
-        ap_ci95={k: _percent(v.get("ap_ci")) for k, v in scores.items()},
+        auc_ci95={k: percent(v.get("auc_ci")) for k, v in scores.items()},
+        ap_ci95={k: percent(v.get("ap_ci")) for k, v in scores.items()},
         metrics=scores, timings_s=timings,
         seconds_per_epoch=round(sum(r["seconds"] for r in log) / len(log), 1),
         final_losses=dict(zip(model.get("loss_names", []), model.get("final_losses", []))),
-        d_mean=model.get("d_mean"), d_std=model.get("d_std"), peak_rss_mb=round(_peak_rss_mb(), 1))
+        d_mean=model.get("d_mean"), d_std=model.get("d_std"), peak_rss_mb=round(peak_rss_mb(), 1))
     return record
 
 

@@ -20,11 +20,11 @@ import argparse
 import dataclasses
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
-from bench_data import KERMANY_224, REPO, RESULTS, data_file  # benchmarks/ is the script dir
+from bench_data import KERMANY_224, RESULTS, data_file  # benchmarks/ is the script dir
+from bench_record import git_commit
 
 KERMANY_LABELS = KERMANY_224.parent / "labels.csv"   # part of the data release, next to the tar
 LABEL = {"val": "held-out normals", "normal": "Dn (training)"}
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     record = {"benchmark": "Kermany, ZhangLab-like split with held-out normals", "seed": args.seed,
               "normal_count": args.normal_count, "val_normals": args.val_normals, "epochs": args.epochs,
               "asr_epochs": args.asr_epochs, "prepare": dataclasses.asdict(pcfg),
-              "device": device_name(resolve_device("auto")), "host": platform.node(), "commit": _git_commit(),
+              "device": device_name(resolve_device("auto")), "host": platform.node(), "commit": git_commit(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "wall_s_this_call": round(time.perf_counter() - t0, 1),  # stages already done are no-ops
               "results": results}
@@ -95,14 +95,6 @@ def main(argv=None) -> int:
     with open(args.results, "a") as fh:
         fh.write(json.dumps(record) + "\n")
     return 0
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -31,32 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _percent(interval):
-    try:
-        return [round(100 * float(v), 2) for v in interval]
-    except (TypeError, ValueError):
-        return None
+from bench_record import git_commit, peak_rss_mb, percent
 
 
 def _ints(text: str) -> list[int]:
@@ -156,16 +136,16 @@ def run_one(args, prepared: Path, k: int, seed: int, *, cached: bool) -> dict:
     log = json.loads((run / "model" / "log.json").read_text())
     s = metrics["scores"]["wscxr"]
     scores = {name: {"auc": round(100 * m["auc"], 2), "ap": round(100 * m["ap"], 2),
-                     "auc_ci95": _percent(m.get("auc_ci")), "ap_ci95": _percent(m.get("ap_ci"))}
+                     "auc_ci95": percent(m.get("auc_ci")), "ap_ci95": percent(m.get("ap_ci"))}
               for name, m in metrics["scores"].items()}
     return {
         "benchmark": f"ZhangLab-OCSSL-{args.size}", "method": "wscxr", "shots": k, "seed": seed,
         "config": {key: v for key, v in vars(cfg).items() if key != "device"},
         "labels": args.labels.name, "anomalies": args.anomalies.name, "device": device_name(device),
-        "host": platform.node(), "threads": args.threads, "commit": _git_commit(),
+        "host": platform.node(), "threads": args.threads, "commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(run),
         "auc": round(100 * s["auc"], 2), "ap": round(100 * s["ap"], 2),
-        "auc_ci95": _percent(s.get("auc_ci")), "ap_ci95": _percent(s.get("ap_ci")),
+        "auc_ci95": percent(s.get("auc_ci")), "ap_ci95": percent(s.get("ap_ci")),
         "metrics": s, "scores": scores, "all_metrics": metrics["scores"],
         "decision_score": metrics.get("decision_score"),
         "timings_s": timings, "fit_total_s_manifest": round(float(model.get("timings_s", {}).get("total", 0.0)), 2),
@@ -174,7 +154,7 @@ def run_one(args, prepared: Path, k: int, seed: int, *, cached: bool) -> dict:
         "final_losses": model.get("final_losses"), "prototypes": model.get("prototypes"),
         "train_images": model.get("train_images"), "anomaly_images": model.get("anomaly_images"),
         "normal_patches": model.get("normal_patches"), "mining_reference": model.get("mining_reference"),
-        "weights_sha256": model.get("weights_sha256"), "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "weights_sha256": model.get("weights_sha256"), "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 
@@ -233,7 +213,7 @@ def epoch_analysis(args, prepared: Path, k: int, seed: int) -> dict:
     return {"analysis": "test metrics per epoch, REPORT ONLY", "shots": k, "seed": seed, "epochs": cfg.epochs,
             "last_epoch": last, "paper_selected_epoch": best,
             "auc_gain_of_test_selection": round(best["auc"] - last["auc"], 2),
-            "max_auc_any_epoch": max(r["auc"] for r in per_epoch), "commit": _git_commit(),
+            "max_auc_any_epoch": max(r["auc"] for r in per_epoch), "commit": git_commit(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "per_epoch": per_epoch}
 
 

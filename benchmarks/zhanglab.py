@@ -21,13 +21,12 @@ import argparse
 import dataclasses
 import json
 import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
+from bench_record import append_jsonl, git_commit, peak_rss_mb
 
 VARIANTS = {"short": (30, 5), "full": (250, 100)}
 REFINE_VARIANTS = {
@@ -44,24 +43,6 @@ REFINE_VARIANTS = {
     # the reference end to end: image-space FPI, raw maps, no EMA, no precise BN
     "reference-fpi": {"space": "image", "normalize": "none", "ema_decay": 0.0, "precise_bn": False},
 }
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
-def _append(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main(argv=None) -> int:
@@ -127,7 +108,7 @@ def main(argv=None) -> int:
     }
     if not args.skip_pipeline:
         record = run_pipeline(args, prepared, run, cfgs, device, device_name(device), asr_epochs)
-        _append(args.results / "zhanglab.jsonl", record)
+        append_jsonl(args.results / "zhanglab.jsonl", record)
         print(json.dumps({k: record[k] for k in ("auc", "ap", "timings_s")}, indent=1))
     if args.study_seeds:
         study(args, run, cfgs["refine"], [int(s) for s in args.study_seeds.split(",")],
@@ -202,11 +183,11 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         "refine_inputs": args.refine_inputs, "amp": cfgs["ensemble"].amp,
         "batch_size": cfgs["ensemble"].batch_size, "paired_init": cfgs["ensemble"].paired_init,
         "ensemble_ema_decay": cfgs["ensemble"].ema_decay, "labels": args.labels.name,
-        "device": dev_name, "host": platform.node(), "threads": args.threads, "commit": _git_commit(),
+        "device": dev_name, "host": platform.node(), "threads": args.threads, "commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(run),
         "auc": {k: round(100 * v["auc"], 2) for k, v in metrics["scores"].items()},
         "ap": {k: round(100 * v["ap"], 2) for k, v in metrics["scores"].items()},
-        "metrics": metrics["scores"], "timings_s": timings, "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "metrics": metrics["scores"], "timings_s": timings, "peak_rss_mb": round(peak_rss_mb(), 1),
         "per_epoch_test_auc_analysis_only": per_epoch,
         "ensemble_seconds_per_epoch": _ensemble_epoch_times(run),
     }
@@ -250,8 +231,8 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
                    "final_auc": round(100 * log[-1]["auc"], 2), "final_ap": round(100 * log[-1]["ap"], 2),
                    "per_epoch_test_auc_analysis_only": [round(100 * r["auc"], 2) for r in log],
                    "baseline_auc": base, "seconds": round(time.perf_counter() - t0, 1), "device": dev_name,
-                   "commit": _git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            _append(args.results / "zhanglab-stability.jsonl", rec)
+                   "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            append_jsonl(args.results / "zhanglab-stability.jsonl", rec)
             print(json.dumps({k: rec[k] for k in ("variant", "seed", "final_auc", "per_epoch_test_auc_analysis_only")}),
                   flush=True)
 
