@@ -8,7 +8,8 @@
 # Steps, each under its own time limit, in the order of what matters most; a step that runs out of
 # time is stopped with SIGTERM (training stages then checkpoint and exit) and the next one starts:
 #   1. zhanglab-full   DDAD-ASR at the paper's budget on ZhangLab-OCSSL-64: AE, K = 3, 250 ensemble
-#                      epochs, 100 ASR epochs, R_dual, seed 0, fp32 (benchmarks/zhanglab.py)
+#                      epochs, 100 ASR epochs, R_dual, seed 0, fp32, test AUC after every ASR epoch
+#                      for the report (benchmarks/zhanglab.py --log-epoch-auc)
 #   2. simsid-full     SimSID at the official budget: 128 px, 1000 epochs (benchmarks/simsid_zhanglab.py);
 #                      stopped at its limit it reports how far it got
 #   3. train-speed     ensemble seconds/epoch: batched K members vs one member at a time vs a textbook
@@ -85,7 +86,7 @@ step() {   # step NAME LIMIT_S COMMAND...: run it under `timeout`, log it, recor
 }
 
 step zhanglab-full "$LIMIT_ZL" "$PY" benchmarks/zhanglab.py "${ZL[@]}" "${DATA[@]}" --backbone ae --seed 0 \
-    --refine-inputs dual --device "$DEVICE" --workdir "$WORK" --results "$OUT"
+    --refine-inputs dual --log-epoch-auc --device "$DEVICE" --workdir "$WORK" --results "$OUT"
 if [ -f benchmarks/simsid_zhanglab.py ]; then
     step simsid-full "$LIMIT_SIMSID" "$PY" benchmarks/simsid_zhanglab.py "${SIMSID[@]}" "${DATA[@]}" \
         --device "$DEVICE" --workdir "$WORK" --results "$OUT"

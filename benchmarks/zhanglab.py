@@ -118,7 +118,7 @@ def main(argv=None) -> int:
 
 def _epoch_logger(test_maps, labels, store: list):
     """on_epoch callback: test AUC/AP of the kept model after each epoch — analysis only."""
-    from cxrad.methods.ddad.refine import refined_maps
+    from cxrad.methods.ddad.refinement import refined_maps
     from cxrad.metrics import auc, average_precision
 
     def cb(epoch, asr):

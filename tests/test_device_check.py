@@ -29,6 +29,7 @@ def test_device_check_dry_run_produces_every_figure(tmp_path):
         assert steps["simsid-full"]["rc"] == 0
     record = json.loads((out / "zhanglab.jsonl").read_text().splitlines()[-1])
     assert record["epochs"] == 1 and record["asr_epochs"] == 1 and record["amp"] is False
+    assert len(record["per_epoch_test_auc_analysis_only"]["R_dual"]) == 1   # the per-epoch analysis ran
     assert set(record["auc"]) >= {"A_inter", "R_dual"} and all(0 <= v <= 100 for v in record["auc"].values())
     speed = json.loads(next(out.glob("train_speed-*.json")).read_text())
     assert {r["method"] for r in speed["rows"]} == {"batched", "per-member", "plain"}
