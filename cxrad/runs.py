@@ -6,12 +6,13 @@ Stages call :func:`open_run` once and pass the :class:`RunInfo` down instead of 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cxrad.artifacts import MANIFEST_NAME, check_input_unchanged, read_manifest, sha256_file
+from cxrad.artifacts import MANIFEST_NAME, check_input_unchanged, read_manifest, sha256_file, to_jsonable
 from cxrad.errors import CxradError
 from cxrad.layout import RunLayout
 
@@ -102,3 +103,58 @@ def open_run(path: str | Path) -> RunInfo:
         raise CxradError(f"{layout.root}: not a cxrad run (no run manifest); create it with `cxrad train-ensemble "
                          f"PREPARED --run {layout.root}` (DDAD-ASR) or another method's training command.")
     return RunInfo(layout, read_manifest(layout.root, "run"))
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(keys) or "unknown"
+
+
+def _what_differs(old: dict, new: dict) -> str:
+    """Why an existing run's configuration is not this one, for the refusal."""
+    differs = _differences(old, new)
+    was, now = old.get("prepared") or {}, new.get("prepared") or {}
+    if differs == "prepared" and was.get("path") == now.get("path"):
+        return (f"already holds a run trained on {now.get('path')} as it was before it was prepared again (its "
+                "manifest changed since)")
+    return f"already holds a run with a different configuration (differs in: {differs})"
+
+
+def check_run_folder(run: Path, config: dict, *, force: bool, resume: bool) -> bool:
+    """Decide, before a training stage writes anything, whether RUN/manifest.json must be (re)written.
+
+    Returns True when it must be written: a new run, or ``force`` over a different config. Refuses a
+    file, a folder that is not a run, another configuration (without ``force``) and a resume that
+    cannot be one. Used by every method's training stage (`train-ensemble`, `fit`).
+    """
+    if run.exists() and not run.is_dir():
+        raise CxradError(f"{run}: exists and is a file; choose a folder for --run.")
+    mpath = run / MANIFEST_NAME
+    if not mpath.is_file():
+        if resume:
+            raise CxradError(f"{run}: nothing to resume (not a cxrad run: no run manifest); start it without --resume.")
+        if run.is_dir() and not force:
+            # Dot files are other processes' temporary manifests (SLURM tasks creating the run).
+            foreign = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+            if foreign:
+                raise CxradError(
+                    f"{run}: not a cxrad run (no run manifest) and not empty (holds {foreign[0]}"
+                    f"{' …' if len(foreign) > 1 else ''}); choose a new or empty folder for --run."
+                )
+        return True
+    try:
+        old = json.loads(mpath.read_text())
+    except (OSError, json.JSONDecodeError):
+        old = None
+    if old is None or old.get("kind") != "run":
+        kind = (old or {}).get("kind", "unreadable")
+        raise CxradError(f"{run}: holds a {kind} artifact, not a cxrad run; choose another folder for --run.")
+    read_manifest(run, "run")  # schema check
+    if old["config"] == to_jsonable(config):
+        return False
+    if not force:
+        raise CxradError(f"{run}: {_what_differs(old['config'], to_jsonable(config))}; use --force to retrain it, "
+                         "or choose another --run.")
+    if resume:
+        raise CxradError(f"{run}: the run's configuration differs, so it cannot be resumed; drop --resume.")
+    return True

@@ -38,10 +38,11 @@ from cxrad.artifacts import (
     write_json_atomic,
     write_manifest,
 )
-from cxrad.config import identity, identity_digest, to_jsonable
+from cxrad.config import identity, identity_digest
 from cxrad.errors import CxradError
 from cxrad.layout import MODEL_CHECKPOINT, MODEL_LOG, MODEL_WEIGHTS, PARTIAL_MARKER, RunLayout
 from cxrad.methods.base import Method, PipelineStep, Scorer
+from cxrad.runs import check_run_folder
 
 if TYPE_CHECKING:
     import torch
@@ -205,7 +206,7 @@ def fit(prepared: str | Path, run: str | Path, method: str, cfg: Any, *, resume:
     out, ckpt = layout.model, layout.model / MODEL_CHECKPOINT
 
     with locks.holding(run, "set up", min_wait=RUN_LOCK_WAIT_S):
-        new_run = _check_run_folder(run, config, force=force, resume=resume)
+        new_run = check_run_folder(run, config, force=force, resume=resume)
         state = _resume_state(ckpt, digest, run, m.name) if resume else None
         if not resume and not force and ckpt.is_file() and not new_run:
             raise CxradError(f"{ckpt}: an unfinished training is there; continue it with --resume or start over "
@@ -231,33 +232,6 @@ def fit(prepared: str | Path, run: str | Path, method: str, cfg: Any, *, resume:
         locks.release(out)
         raise
     return run
-
-
-def _check_run_folder(run: Path, config: dict[str, Any], *, force: bool, resume: bool) -> bool:
-    """Whether the run manifest must be (re)written; refuses folders that are not this run."""
-    if run.exists() and not run.is_dir():
-        raise CxradError(f"{run}: exists and is a file; choose a folder for --run.")
-    mpath = run / MANIFEST_NAME
-    if not mpath.is_file():
-        if resume:
-            raise CxradError(f"{run}: nothing to resume (not a cxrad run: no run manifest); start it without --resume.")
-        if run.is_dir() and not force:
-            foreign = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
-            if foreign:
-                raise CxradError(f"{run}: not a cxrad run (no run manifest) and not empty (holds {foreign[0]}"
-                                 f"{' …' if len(foreign) > 1 else ''}); choose a new or empty folder for --run.")
-        return True
-    old = read_manifest(run, "run")
-    if old.get("config") == to_jsonable(config):
-        return False
-    was, now = old.get("config", {}), to_jsonable(config)
-    differs = ", ".join(sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))) or "unknown"
-    if not force:
-        raise CxradError(f"{run}: already holds a run with a different configuration (differs in: {differs}); use "
-                         "--force to retrain it, or choose another --run.")
-    if resume:
-        raise CxradError(f"{run}: the run's configuration differs, so it cannot be resumed; drop --resume.")
-    return True
 
 
 def _resume_state(ckpt: Path, digest: str, run: Path, method: str) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from cxrad.layout import RunLayout
 from cxrad.methods.ddad import losses
 from cxrad.methods.ddad.config import EnsembleConfig
 from cxrad.methods.ddad.trainer import BoundTrainer, GroupTrainer
+from cxrad.runs import check_run_folder
 from cxrad.training_loop import Diverged, Interrupted, fit
 
 METHOD = "ddad"
@@ -152,59 +153,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _differences(old: dict, new: dict) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(keys) or "unknown"
-
-
-def _what_differs(old: dict, new: dict) -> str:
-    """Why an existing run's configuration is not this one, for the refusal."""
-    differs = _differences(old, new)
-    was, now = old.get("prepared") or {}, new.get("prepared") or {}
-    if differs == "prepared" and was.get("path") == now.get("path"):
-        return (f"already holds a run trained on {now.get('path')} as it was before it was prepared again (its "
-                "manifest changed since)")
-    return f"already holds a run with a different configuration (differs in: {differs})"
-
-
-# ---------------------------------------------------------------------------------------------
-# the run folder
-# ---------------------------------------------------------------------------------------------
-def _check_run_folder(run: Path, config: dict, *, force: bool, resume: bool) -> bool:
-    """Decide, before writing anything, whether the run manifest must be (re)written.
-
-    Returns True when it must be written: a new run, or ``force`` over a different config.
-    """
-    if run.exists() and not run.is_dir():
-        raise CxradError(f"{run}: exists and is a file; choose a folder for --run.")
-    mpath = run / MANIFEST_NAME
-    if not mpath.is_file():
-        if resume:
-            raise CxradError(f"{run}: nothing to resume (not a cxrad run: no run manifest); start it without --resume.")
-        if run.is_dir() and not force:
-            # Dot files are other processes' temporary manifests (SLURM tasks creating the run).
-            foreign = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
-            if foreign:
-                raise CxradError(
-                    f"{run}: not a cxrad run (no run manifest) and not empty (holds {foreign[0]}"
-                    f"{' …' if len(foreign) > 1 else ''}); choose a new or empty folder for --run."
-                )
-        return True
-    old = read_json(mpath)
-    if old is None or old.get("kind") != "run":
-        kind = (old or {}).get("kind", "unreadable")
-        raise CxradError(f"{run}: holds a {kind} artifact, not a cxrad run; choose another folder for --run.")
-    read_manifest(run, "run")  # schema check
-    if old["config"] == to_jsonable(config):
-        return False
-    if not force:
-        raise CxradError(f"{run}: {_what_differs(old['config'], to_jsonable(config))}; use --force to retrain it, "
-                         "or choose another --run.")
-    if resume:
-        raise CxradError(f"{run}: the run's configuration differs, so it cannot be resumed; drop --resume.")
-    return True
 
 
 def has_checkpoints(run: Path, cfg: EnsembleConfig, member: int | None = None) -> bool:
@@ -317,7 +265,7 @@ def _begin_run(run: Path, cfg: EnsembleConfig, config: dict, digest: str, jobs: 
     """Under the run's lock: check the run folder, create or replace the run manifest, lock this
     process's members (another process training one of them is named and refused) and decide what
     to train -> (the (module, member) jobs to train, the status of every job)."""
-    new_manifest = _check_run_folder(run, config, force=force, resume=resume)
+    new_manifest = check_run_folder(run, config, force=force, resume=resume)
     if (run / MANIFEST_NAME).is_file():
         _lock_members(members_held, run, jobs)  # before reading their files: their trainer may be at work
 
