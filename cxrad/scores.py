@@ -74,6 +74,14 @@ class ScoredImages:
                             {k: np.asarray(v)[rows] for k, v in self.scores.items()})
 
     @staticmethod
+    def empty(names: Sequence[str], images01) -> "ScoredImages":
+        """Zero images' maps (0, H, W) and scores (0,) for every name: what a scorer returns for an
+        empty batch (``images01`` (0, H, W), or any empty array: then H = W = 0)."""
+        h, w = np.shape(images01)[1:] if np.ndim(images01) == 3 else (0, 0)
+        return ScoredImages({k: np.zeros((0, h, w), np.float32) for k in names},
+                            {k: np.zeros(0, np.float32) for k in names})
+
+    @staticmethod
     def concatenate(parts: Sequence["ScoredImages"]) -> "ScoredImages":
         if not parts:
             return ScoredImages()

@@ -64,11 +64,7 @@ class SimSIDScorer(Scorer):
                 parts.append(ScoredImages({"SimSID": err, "SimSID_rec": err},
                                           {"SimSID": score, "SimSID_rec": image_score(err)}))
                 bar.advance(len(x))
-        if not parts:
-            h, w = np.shape(images01)[1:] if np.ndim(images01) == 3 else (0, 0)
-            return ScoredImages({k: np.zeros((0, h, w), np.float32) for k in self.names},
-                                {k: np.zeros(0, np.float32) for k in self.names})
-        return ScoredImages.concatenate(parts)
+        return ScoredImages.concatenate(parts) if parts else ScoredImages.empty(self.names, images01)
 
 
 class SimSIDMethod(SingleModelMethod):
