@@ -128,6 +128,28 @@ def _epoch_logger(test_maps, labels, store: list):
     return cb
 
 
+def _final_scores(folder: Path, test_maps, labels, device) -> dict:
+    """Test AUC/AP of the ASR-Net saved in a refine folder (the model that is kept) — report only."""
+    from cxrad.methods.ddad.refinement import load_asr, refined_maps
+    from cxrad.metrics import auc, average_precision
+
+    s = refined_maps(load_asr(folder, device), test_maps, device).reshape(len(labels), -1).mean(1)
+    return {"auc": auc(labels, s), "ap": average_precision(labels, s)}
+
+
+def _read_epoch_log(path: Path) -> list:
+    """Per-epoch analysis rows of an interrupted study refine (empty when there are none)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def _persisted(cb, store: list, path: Path):
+    """Wrap an epoch logger so every row it adds is also appended to ``path``."""
+    def wrapped(epoch, asr):
+        cb(epoch, asr)
+        append_jsonl(path, store[-1])
+    return wrapped
+
+
 def _test_maps(run: Path, device):
     from cxrad.io.store import load_split
     from cxrad.methods.ddad.ensembles import maps_of_images, open_ensembles
@@ -205,6 +227,7 @@ def _ensemble_epoch_times(run: Path) -> dict:
 
 def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_epochs: int, dev_name: str) -> None:
     from cxrad.devices import resolve_device
+    from cxrad.layout import ASR_CHECKPOINT
     from cxrad.methods.ddad.config import SynthConfig
     from cxrad.methods.ddad.refine import refine
     from cxrad.methods.ddad.synthesize import synthesize
@@ -220,15 +243,25 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
             space = spec.pop("space", "auto")
             synth = run / "study" / f"synth-{space}-s{seed}"
             synthesize(run, SynthConfig(epochs=asr_epochs, seed=seed, space=space), out=synth)
-            log: list = []
             cfg = dataclasses.replace(base_cfg, inputs="dual", seed=seed, **spec)
+            out = run / "study" / f"refine-{variant}-dual-s{seed}"
+            # a full-budget study outlives a session: continue from the refine checkpoint, and keep
+            # the per-epoch analysis log beside it so the resumed record still has every epoch
+            resume = (out / ASR_CHECKPOINT).is_file()
+            epoch_log = run / "study" / f"refine-{variant}-dual-s{seed}.epochs.jsonl"
+            log: list = _read_epoch_log(epoch_log) if resume else []
+            if not resume:
+                epoch_log.unlink(missing_ok=True)
             t0 = time.perf_counter()
-            refine(run, cfg, synth=synth, out=run / "study" / f"refine-{variant}-dual-s{seed}",
-                   on_epoch=_epoch_logger(test_maps, labels, log), force=True)
-            rec = {"benchmark": "ZhangLab-OCSSL-64", "run": str(run), "variant": variant, "inputs": "dual",
+            refine(run, cfg, synth=synth, out=out, resume=resume, force=not resume,
+                   on_epoch=_persisted(_epoch_logger(test_maps, labels, log), log, epoch_log))
+            log = sorted({r["epoch"]: r for r in log}.values(), key=lambda r: r["epoch"])  # resumed epochs rerun
+            final = _final_scores(out, test_maps, labels, device)   # the saved model, however it was reached
+            rec = {"benchmark": "ZhangLab-OCSSL-64", "labels": args.labels.name, "run": str(run), "variant": variant,
+                   "inputs": "dual",
                    "synth_space": space,
                    "seed": seed, "asr_epochs": asr_epochs, "refine_config": dataclasses.asdict(cfg),
-                   "final_auc": round(100 * log[-1]["auc"], 2), "final_ap": round(100 * log[-1]["ap"], 2),
+                   "final_auc": round(100 * final["auc"], 2), "final_ap": round(100 * final["ap"], 2),
                    "per_epoch_test_auc_analysis_only": [round(100 * r["auc"], 2) for r in log],
                    "baseline_auc": base, "seconds": round(time.perf_counter() - t0, 1), "device": dev_name,
                    "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
