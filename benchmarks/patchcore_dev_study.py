@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     labels_csv = SPLITS / "zhanglab-dev.csv"
     prepared = args.workdir / "prepared" / "zhanglab-dev-224"
-    prepare(source, prepared, PrepareConfig(size=224, workers=1), labels=labels_csv)
+    prepare(source, prepared, PrepareConfig(size=224, workers=1, val_normals=0), labels=labels_csv)
     cfg = PatchCoreConfig(seed=args.seed).validate()
     t0 = time.perf_counter()
     trainer = PatchCoreTrainer(FitContext(prepared, args.workdir, torch.device("cpu"), cfg))

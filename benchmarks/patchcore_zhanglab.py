@@ -91,7 +91,7 @@ def run_one(args, seed: int) -> dict:
         print(f"[seed {seed}] {name}: {timings[name]:.1f} s", flush=True)
         return out
 
-    timed("prepare", lambda: prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1),
+    timed("prepare", lambda: prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, val_normals=0),
                                       labels=args.labels))
     timed("fit", lambda: fit(prepared, run, "patchcore", cfg))   # a no-op when the run holds this model
     timed("score", lambda: score(run, ScoreConfig(split="test", device=args.device), force=True))

@@ -98,7 +98,7 @@ def run_one(args, seed: int) -> dict:
             print(f"[seed {seed}] {name}: {timings[name]:.1f} s", flush=True)
 
     if args.prepared is None:   # a no-op when the folder already holds this preparation
-        timed("prepare", lambda: prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1),
+        timed("prepare", lambda: prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, val_normals=0),
                                           labels=args.labels))
     ckpt = RunLayout(run).model / MODEL_CHECKPOINT
     record = {"benchmark": f"ZhangLab-OCSSL-{args.size}", "method": "simsid", "seed": seed,

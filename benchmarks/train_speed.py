@@ -52,7 +52,7 @@ def prepared_split(data: Path | None = None) -> tuple[Path, str]:
     from cxrad.config import PrepareConfig
     from cxrad.stages.prepare import prepare
 
-    prepare(data_file(KERMANY_224, data), CACHE, PrepareConfig(size=64), labels=SPLIT_CSV, force=True)
+    prepare(data_file(KERMANY_224, data), CACHE, PrepareConfig(size=64, val_normals=0), labels=SPLIT_CSV, force=True)
     how = "cxrad.stages.prepare (tar + zhanglab-ocssl.csv)"
     (CACHE / "how.json").write_text(json.dumps({"how": how}))
     return CACHE, how

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
     shots = [int(k) for k in args.shots.split(",")]
     prepared = args.workdir / "prepared" / f"zhanglab-dev-224-anomalies{max(shots)}"
-    prepare(source, prepared, PrepareConfig(size=224, workers=1, anomaly_shots=max(shots)),
+    prepare(source, prepared, PrepareConfig(size=224, workers=1, anomaly_shots=max(shots), val_normals=0),
             labels=SPLITS / "zhanglab-dev.csv", anomalies=SPLITS / "zhanglab-fewshot-anomalies.csv")
     normal = load_split(prepared, "normal").images
     test = load_split(prepared, "test")

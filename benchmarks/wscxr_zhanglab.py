@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         # is what the run saw, and what `cxrad compare` reports; Dn, Du and test are the same images
         prepared = args.workdir / "prepared" / f"{args.labels.stem}-{args.size}-anomalies{k}"
         t0 = time.perf_counter()
-        prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, anomaly_shots=k),
+        prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, anomaly_shots=k, val_normals=0),
                 labels=args.labels, anomalies=args.anomalies)
         prepare_s = round(time.perf_counter() - t0, 2)
         if args.epoch_analysis:

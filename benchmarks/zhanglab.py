@@ -60,6 +60,9 @@ def main(argv=None) -> int:
                     help="UDM members start independently of the NDM members (the reference; cxrad pairs them)")
     ap.add_argument("--ensemble-ema-decay", type=float, help="EMA of the ensembles' weights (0: the reference's "
                                                              "last step; default: cxrad's)")
+    ap.add_argument("--val-normals", default="0",
+                    help="normal images held out of Dn for the threshold: 0 (default, the paper's protocol: Dn "
+                         "trains on all of them), N, or auto (cxrad prepare's default)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--workdir", type=Path, default=REPO / "cxrad-work" / "bench")
     ap.add_argument("--data", type=Path, help="data root [default: $CXRAD_DATA]")
@@ -77,6 +80,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.source = args.source or data_file(KERMANY_224, args.data)
     args.refine_inputs = [m for m in args.refine_inputs.split(",") if m]
+    if args.val_normals != "auto" and not args.val_normals.isdigit():
+        ap.error("--val-normals: a count or auto")
+    val_tag = "" if args.val_normals == "0" else f"-v{args.val_normals}"
+    args.val_normals = None if args.val_normals == "auto" else int(args.val_normals)
     if not args.refine_inputs or set(args.refine_inputs) - {"dual", "intra"}:
         ap.error("--refine-inputs: a comma-separated list of dual and intra")
 
@@ -91,13 +98,14 @@ def main(argv=None) -> int:
     epochs = args.epochs or epochs
     asr_epochs = args.asr_epochs or asr_epochs
     device = resolve_device(args.device)
-    prepared = args.workdir / "prepared" / f"{args.labels.stem}-64"   # zhanglab-ocssl-64, zhanglab-dev-64
+    prepared = args.workdir / "prepared" / f"{args.labels.stem}-64{val_tag}"   # zhanglab-ocssl-64, zhanglab-dev-64
     ens_ema = EnsembleConfig.ema_decay if args.ensemble_ema_decay is None else args.ensemble_ema_decay
     run = args.workdir / "runs" / (f"{args.backbone}-e{epochs}-a{asr_epochs}-k{args.members}-s{args.seed}"
-                                   + ("-amp" if args.amp else "") + ("-indep" if args.independent_init else "")
+                                   + val_tag + ("-amp" if args.amp else "")
+                                   + ("-indep" if args.independent_init else "")
                                    + (f"-ema{ens_ema:g}" if ens_ema != EnsembleConfig.ema_decay else ""))
     cfgs = {
-        "prepare": PrepareConfig(size=64, workers=max(1, args.threads)),
+        "prepare": PrepareConfig(size=64, workers=max(1, args.threads), val_normals=args.val_normals),
         "ensemble": EnsembleConfig(backbone=args.backbone, members=args.members, epochs=epochs, seed=args.seed,
                                    device=args.device, amp=args.amp, batch_size=args.batch_size,
                                    paired_init=not args.independent_init, ema_decay=ens_ema),
@@ -205,6 +213,8 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         "refine_inputs": args.refine_inputs, "amp": cfgs["ensemble"].amp,
         "batch_size": cfgs["ensemble"].batch_size, "paired_init": cfgs["ensemble"].paired_init,
         "ensemble_ema_decay": cfgs["ensemble"].ema_decay, "labels": args.labels.name,
+        "val_normals": "auto" if args.val_normals is None else args.val_normals,
+        "split_sizes": _split_sizes(prepared),
         "device": dev_name, "host": platform.node(), "threads": args.threads, "commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(run),
         "auc": {k: round(100 * v["auc"], 2) for k, v in metrics["scores"].items()},
@@ -213,6 +223,14 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         "per_epoch_test_auc_analysis_only": per_epoch,
         "ensemble_seconds_per_epoch": _ensemble_epoch_times(run),
     }
+
+
+def _split_sizes(prepared: Path) -> dict:
+    """Images per stored split of the prepared data (Dn, Du, test, val)."""
+    from cxrad.io.store import SET_NAMES, open_prepared
+
+    with open_prepared(prepared) as h5:
+        return {name: int(len(h5[name]["labels"])) for name in SET_NAMES if name in h5}
 
 
 def _ensemble_epoch_times(run: Path) -> dict:

@@ -127,9 +127,10 @@ def prepare(
                                                                                               "images in Du."),
     test_fraction: float = typer.Option(PREPARE.test_fraction, "--test-fraction", help="Hold-out when SOURCE has no "
                                                                                        "test set."),
-    val_normals: int = typer.Option(PREPARE.val_normals, "--val-normals",
-                                    help="Hold this many normal images out of training; the decision threshold "
-                                         "comes from their scores."),
+    val_normals: Optional[int] = typer.Option(PREPARE.val_normals, "--val-normals",
+                                              help="Hold this many normal images out of training; the decision "
+                                                   "threshold comes from their scores. Default: 10 % of Dn (at "
+                                                   "most 200) when Dn has 200 images or more; 0: none."),
     seed: int = typer.Option(PREPARE.seed, "--seed"),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact at --out."),
 ) -> None:

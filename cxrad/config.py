@@ -252,9 +252,10 @@ class PrepareConfig(StageConfig):
     unlabeled_count: Optional[int] = None
     anomaly_rate: Optional[float] = None
     test_fraction: float = 0.2          # hold-out when the input has no test split
-    val_normals: int = 0                # normal images held out of training as the `val` split: the
+    val_normals: Optional[int] = None   # normal images held out of training as the `val` split: the
                                         # decision threshold comes from their scores (training normals
-                                        # score lower than unseen ones: docs/method.md, "Thresholds")
+                                        # score lower than unseen ones: docs/method.md, "Thresholds");
+                                        # unset = 10 % of Dn, at most 200, none when Dn < 200; 0 = none
     seed: int = 0
     anomaly_shots: int = added_field(0)  # labelled abnormal training images kept (split `anomaly`, first K
                                         # rows in file order); only weakly supervised methods read them

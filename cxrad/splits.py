@@ -11,6 +11,8 @@ Rules (in this order):
 2. Calibration hold-out (``val_normals`` > 0): that many label-0 images (whole patients, seeded) go
    to the ``val`` set. No model trains on them; `cxrad evaluate` and `cxrad predict` take their
    decision threshold from their scores, since training normals score lower than unseen ones.
+   When ``val_normals`` is not given, the prepare stage carves :func:`auto_val_count` images out
+   of the chosen Dn instead (:func:`carve_val`), whether Dn was drawn here or named by the input.
 3. Dn: ``normal_count`` images of label 0.
 4. Du: with ``anomaly_rate`` r, ``round(r·u)`` images of label 1 and the rest of label 0 (images of
    unknown label are not used, their rate is unknown). Without r, ``u`` images drawn uniformly
@@ -208,6 +210,32 @@ def _split_counts(groups, labels, n, u, p0, desc):
                          f"--unlabeled-count {u}; largest feasible: --unlabeled-count {rest}.")
     du, groups, rem_u = _take(groups, labels, {-9: u}, {0, 1, -1}, any_label=-9)
     return dn, du, {"normal": rem_n[0], "unlabeled": rem_u[-9]}, n, u
+
+
+AUTO_VAL_FRACTION = 0.1       # of Dn, held out for calibration when --val-normals is not given
+AUTO_VAL_MIN_NORMALS = 200    # below this, 10 % is under 20 images: too few for a 95th percentile
+AUTO_VAL_MAX = 200            # enough for the percentile (about ±1.5 points of specificity)
+
+
+def auto_val_count(n_normals: int) -> int:
+    """Normal images held out of a Dn of ``n_normals`` by default (``--val-normals`` not given):
+    10 % (at most 200); none when Dn has fewer than 200 images."""
+    if n_normals < AUTO_VAL_MIN_NORMALS:
+        return 0
+    return min(AUTO_VAL_MAX, int(np.floor(AUTO_VAL_FRACTION * n_normals + 0.5)))
+
+
+def carve_val(n: int, count: int, patient_ids: Optional[Sequence[str]] = None, seed: int = 0
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Split a chosen Dn of ``n`` images into (val, kept) index arrays into Dn, ``count`` images in val.
+
+    Whole patients only (seeded order, greedy), so val may hold fewer than ``count`` when the
+    patients left cannot fill it exactly; the caller decides whether that is acceptable.
+    """
+    rng = np.random.default_rng([seed, 2])   # its own stream: the Dn/Du draw does not shift with it
+    groups = _shuffled(_groups(n, patient_ids), rng)
+    val, kept, _ = _take(groups, np.zeros(n, dtype=np.int64), {0: count}, {0})
+    return _cat(val), _cat(kept)
 
 
 def select(labels: np.ndarray, req: SplitRequest, patient_ids: Optional[Sequence[str]] = None,

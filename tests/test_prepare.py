@@ -227,6 +227,16 @@ def test_zhanglab_benchmark_from_tar_and_csv(tmp_path, capsys):
 
     sets = json.loads(stdout)["summary"]["sets"]
     got = {k: (v["count"], v["label_0"], v["label_1"]) for k, v in sets.items()}
+    # by default 10 % of the named Dn is held out for the threshold ...
+    assert got == {"normal": (900, 900, 0), "unlabeled": (853, 341, 512), "test": (624, 234, 390),
+                   "val": (100, 100, 0)}
+    # ... and --val-normals 0 is the benchmark's protocol, Dn = all 1000
+    out = tmp_path / "zl0"
+    code, _, err = cli("prepare", KERMANY_TAR, "--labels", ZHANGLAB_CSV, "--out", out, "--val-normals", "0",
+                       capsys=capsys)
+    assert code == 0, err
+    sets = json.loads(cli("inspect", out, "--json", capsys=capsys)[1])["summary"]["sets"]
+    got = {k: (v["count"], v["label_0"], v["label_1"]) for k, v in sets.items()}
     assert got == {"normal": (1000, 1000, 0), "unlabeled": (853, 341, 512), "test": (624, 234, 390)}
     with h5py.File(out / "data.h5") as h5:
         assert h5["normal/images"].shape == (1000, 64, 64) and h5["normal/images"].chunks == (1, 64, 64)

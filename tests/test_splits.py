@@ -102,3 +102,25 @@ def test_too_many_val_normals_is_an_error_naming_what_is_left():
 def test_invalid_values(req):
     with pytest.raises(CxradError):
         select(KERMANY_TRAIN, req)
+
+
+def test_auto_val_count_is_ten_percent_of_dn_between_200_and_2000_images():
+    from cxrad.splits import auto_val_count
+
+    assert [auto_val_count(n) for n in (0, 30, 199, 200, 205, 800, 1000, 2000, 60000)] == \
+        [0, 0, 0, 20, 21, 80, 100, 200, 200]
+
+
+def test_carve_val_takes_whole_patients_seeded_and_never_more_than_asked():
+    from cxrad.splits import carve_val
+
+    pids = [f"p{i // 3}" for i in range(30)]          # ten patients of three images
+    val, kept = carve_val(30, 10, pids, seed=4)
+    assert len(val) == 9 and len(kept) == 21          # three whole patients; a fourth would overshoot
+    assert sorted(np.concatenate([val, kept]).tolist()) == list(range(30))
+    assert not {pids[i] for i in val} & {pids[i] for i in kept}
+    again, _ = carve_val(30, 10, pids, seed=4)
+    other, _ = carve_val(30, 10, pids, seed=5)
+    assert again.tolist() == val.tolist() and other.tolist() != val.tolist()
+    plain, rest = carve_val(30, 10, None, seed=4)     # no patient ids: exactly the count
+    assert len(plain) == 10 and len(rest) == 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -69,6 +70,7 @@ def test_held_out_normals_set_the_threshold(run_with_val, cli):
         assert len(h5["ids"]) == 23
     code, _, err = cli("evaluate", run, "--device", "cpu")
     assert code == 0, err
+    assert "specificity will fall" not in err
     m = json.loads((run / "eval" / "metrics.json").read_text())
     assert m["threshold_split"] == "val" and "20 held-out normal images (val split)" in m["threshold_source"]
     for name in ("A_rec", "A_intra", "A_inter"):
@@ -80,6 +82,7 @@ def test_held_out_normals_set_the_threshold(run_with_val, cli):
 
     code, _, err = cli("evaluate", run, "--threshold-from", "normal", "--force", "--device", "cpu")
     assert code == 0, err
+    assert "thresholds come from the normal training images" in err and "--val-normals" in err
     m = json.loads((run / "eval" / "metrics.json").read_text())
     assert m["threshold_split"] == "normal" and "30 normal training images" in m["threshold_source"]
     with h5py.File(run / "maps" / "normal.h5") as h5:
@@ -125,8 +128,65 @@ def test_prepare_val_normals_from_a_pool(tmp_path, cli):
     others = set().union(*(set(sets[n].ids) for n in ("normal", "unlabeled", "test")))
     assert not set(sets["val"].ids) & others
 
-    # the sample's own labels.csv names every image's set: nothing to hold out from
+    # the sample's own labels.csv names every image's set: the held-out normals come out of its Dn
     code, _, err = cli("prepare", SAMPLE, "--labels", SAMPLE / "labels.csv", "--out", tmp_path / "p2",
-                       "--size", "32", "--val-normals", "10")
-    assert code != 0 and "--val-normals" in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "p2").exists()
+                       "--size", "32", "--workers", "1", "--val-normals", "10")
+    assert code == 0, err
+    named = {n: load_split(tmp_path / "p2", n) for n in ("normal", "val")}
+    assert len(named["val"]) == 10 and len(named["normal"]) == 20
+    assert not set(named["val"].ids) & set(named["normal"].ids)
+
+
+def _named_split_csv(tmp_path: Path, n_normal: int) -> Path:
+    """A labels CSV naming Dn directly: ``n_normal`` copies of the sample's real normal radiographs
+    (two images per patient), the sample's Du and test sets unchanged."""
+    rows = list(csv.DictReader(open(SAMPLE / "labels.csv")))
+    normals = [r["path"] for r in rows if r["split"] == "normal"]
+    src = tmp_path / "src"
+    for sub in ("NORMAL", "rest"):
+        (src / sub).mkdir(parents=True)
+    out = [["path", "label", "split", "patient_id"]]
+    for i in range(n_normal):
+        dst = src / "NORMAL" / f"n{i:03d}.jpeg"
+        dst.write_bytes((SAMPLE / normals[i % len(normals)]).read_bytes())
+        out.append([f"NORMAL/{dst.name}", "0", "normal", f"p{i // 2:03d}"])
+    for j, r in enumerate(r for r in rows if r["split"] != "normal"):
+        dst = src / "rest" / f"r{j:03d}.jpeg"
+        dst.write_bytes((SAMPLE / r["path"]).read_bytes())
+        out.append([f"rest/{dst.name}", r["label"], r["split"], f"q{j:03d}"])
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as f:
+        csv.writer(f).writerows(out)
+    return labels
+
+
+def test_prepare_holds_out_normals_by_default_when_dn_is_large(tmp_path, cli):
+    """Without --val-normals, a Dn of 210 images gives 10 % (20 in whole patients) to the val split, so
+    the threshold comes from normals no model trained on; --val-normals 0 keeps the old behaviour."""
+    labels = _named_split_csv(tmp_path, 210)
+    src = tmp_path / "src"
+    code, _, err = cli("prepare", src, "--labels", labels, "--out", tmp_path / "auto", "--size", "16",
+                       "--workers", "1")
+    assert code == 0, err
+    assert "holding 20 of the 210 normal training images out" in err
+    dn, val = load_split(tmp_path / "auto", "normal"), load_split(tmp_path / "auto", "val")
+    assert (len(dn), len(val)) == (190, 20) and (val.labels == 0).all()
+    patients = {i: int(re.search(r"n(\d{3})\.jpeg$", i).group(1)) // 2 for i in dn.ids + val.ids}
+    # 10 % is 21, but patients hold two images each: the fill stops at 20 rather than split one
+    assert not {patients[i] for i in dn.ids} & {patients[i] for i in val.ids}
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert manifest["config"]["options"]["val_normals"] is None
+
+    code, _, err = cli("prepare", src, "--labels", labels, "--out", tmp_path / "all", "--size", "16",
+                       "--workers", "1", "--val-normals", "0")
+    assert code == 0, err
+    assert len(load_split(tmp_path / "all", "normal")) == 210 and "holding" not in err
+    with h5py.File(tmp_path / "all" / "data.h5") as h5:
+        assert "val" not in h5
+
+    # an exact count that whole patients of two cannot give is refused before anything is written
+    code, _, err = cli("prepare", src, "--labels", labels, "--out", tmp_path / "odd", "--size", "16",
+                       "--workers", "1", "--val-normals", "11")
+    assert code != 0 and "--val-normals 11" in err and "largest found: 10" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "odd").exists()

@@ -105,6 +105,10 @@ def evaluate(run: Path, cfg: EvaluateConfig, force: bool = False) -> dict[str, A
                    for k, s in scores.items()},
         "intervals": describe_intervals(cfg.ci_level, cfg.bootstrap_resamples, cfg.bootstrap_seed),
     }
+    if calib == "normal":
+        progress.log("cxrad evaluate: thresholds come from the normal training images, which the models fit more "
+                     "tightly than unseen normals, so specificity will fall well below 95 %; prepare with "
+                     "--val-normals N (the default when Dn has 200 images or more) for a held-out threshold.")
     write_json_atomic(out / "metrics.json", metrics)
     write_bytes_atomic(out / "metrics.md", metrics_markdown(metrics).encode())
     write_csv_atomic(out / "scores.csv", ["id", "label", *scores],

@@ -25,7 +25,7 @@ from cxrad.io.preprocess import parameters
 from cxrad.io.sources import ANOMALY, Entry, Listing, list_entries
 from cxrad.io.store import SET_NAMES, STORED_SETS, ImageSet, write_prepared_h5
 from cxrad.layout import DATA_FILE
-from cxrad.splits import SplitRequest, select
+from cxrad.splits import SplitRequest, auto_val_count, carve_val, select
 
 
 @dataclass
@@ -86,9 +86,6 @@ def _assign(entries: list[Entry], ok: np.ndarray, cfg: PrepareConfig, *, dry: bo
     if requested and not pool:
         raise CxradError("--normal-count/--unlabeled-count/--anomaly-rate given, but the labels name every "
                          "image's set directly (split column or split file); drop those options or the split column.")
-    if cfg.val_normals and not pool:
-        raise CxradError("--val-normals given, but the labels name every image's set directly (split column or "
-                         "split file); name the held-out normals there (split val) or drop --val-normals.")
     if cfg.val_normals and out["val"]:
         raise CxradError("--val-normals given, but SOURCE already names a val set; use that one or drop --val-normals.")
     if pool:
@@ -96,7 +93,7 @@ def _assign(entries: list[Entry], ok: np.ndarray, cfg: PrepareConfig, *, dry: bo
             raise CxradError("the labels name Dn/Du for some images (split normal/unlabeled) and leave others in "
                              "the pool (train or empty split); name every image's set or none.")
         req = SplitRequest(cfg.normal_count, cfg.unlabeled_count, cfg.anomaly_rate, cfg.seed, cfg.test_fraction,
-                           cfg.val_normals)
+                           cfg.val_normals or 0)
         pool_arr = np.array(pool)
         pool_sorted = pool_arr[np.argsort([entries[i].id for i in pool])]  # selection independent of listing order
         labels = np.array([entries[i].label for i in pool_sorted])
@@ -107,10 +104,32 @@ def _assign(entries: list[Entry], ok: np.ndarray, cfg: PrepareConfig, *, dry: bo
             out[name].extend(pool_sorted[idx].tolist())
     if not out["normal"]:
         _no_normal_set(entries, ok, bool(pool))
+    if not out["val"] and (cfg.val_normals is None or (cfg.val_normals and not pool)):
+        _carve_val(entries, out, cfg, quiet=dry)
     _check_anomalies(entries, ok, out, anomaly_file)
     # sets in id order; the labelled anomalies keep their file order (the order of the K-shot ranking)
     return {k: np.array(v if k == ANOMALY else sorted(v, key=lambda i: entries[i].id), dtype=np.int64)
             for k, v in out.items() if v}
+
+
+def _carve_val(entries: list[Entry], out: dict[str, list[int]], cfg: PrepareConfig, quiet: bool) -> None:
+    """Move normal images of the chosen Dn to the val split: ``--val-normals N`` when the labels name
+    Dn directly (exactly N, whole patients), or by default :func:`auto_val_count` of them."""
+    dn = sorted(out["normal"], key=lambda i: entries[i].id)   # independent of listing order
+    want = auto_val_count(len(dn)) if cfg.val_normals is None else cfg.val_normals
+    if not want:
+        return
+    pids = [entries[i].patient_id for i in dn]
+    val, kept = carve_val(len(dn), want, pids if any(pids) else None, cfg.seed)
+    if cfg.val_normals is not None and len(val) < want:
+        raise CxradError(f"--val-normals {want}: the named normal set (Dn, {len(dn)} images) cannot give exactly "
+                         f"{want} images in whole patients (largest found: {len(val)}); lower --val-normals.")
+    out["val"] = [dn[i] for i in val]
+    out["normal"] = [dn[i] for i in kept]
+    if not quiet:
+        how = "by default (--val-normals 0 trains on all of them)" if cfg.val_normals is None else "(--val-normals)"
+        progress.log(f"holding {len(val)} of the {len(dn)} normal training images out as the val split {how}: "
+                     "thresholds come from their scores")
 
 
 def _check_anomalies(entries: list[Entry], ok: np.ndarray, out: dict[str, list[int]], where: object) -> None:
