@@ -75,6 +75,7 @@ def main(argv=None) -> int:
                     help="also log R_dual/R_intra test AUC after each ASR epoch (analysis only, never used to select)")
     ap.add_argument("--study-seeds", default="", help="e.g. 0,1,2: ASR stability study after the pipeline")
     ap.add_argument("--study-variants", default="cxrad,reference")
+    ap.add_argument("--study-inputs", choices=("dual", "intra"), default="dual", help="ASR inputs in the study")
     ap.add_argument("--skip-pipeline", action="store_true", help="only the study, on an existing run")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -261,12 +262,12 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
             space = spec.pop("space", "auto")
             synth = run / "study" / f"synth-{space}-s{seed}"
             synthesize(run, SynthConfig(epochs=asr_epochs, seed=seed, space=space), out=synth)
-            cfg = dataclasses.replace(base_cfg, inputs="dual", seed=seed, **spec)
-            out = run / "study" / f"refine-{variant}-dual-s{seed}"
+            cfg = dataclasses.replace(base_cfg, inputs=args.study_inputs, seed=seed, **spec)
+            out = run / "study" / f"refine-{variant}-{args.study_inputs}-s{seed}"
             # a full-budget study outlives a session: continue from the refine checkpoint, and keep
             # the per-epoch analysis log beside it so the resumed record still has every epoch
             resume = (out / ASR_CHECKPOINT).is_file()
-            epoch_log = run / "study" / f"refine-{variant}-dual-s{seed}.epochs.jsonl"
+            epoch_log = run / "study" / f"refine-{variant}-{args.study_inputs}-s{seed}.epochs.jsonl"
             log: list = _read_epoch_log(epoch_log) if resume else []
             if not resume:
                 epoch_log.unlink(missing_ok=True)
@@ -276,7 +277,7 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
             log = sorted({r["epoch"]: r for r in log}.values(), key=lambda r: r["epoch"])  # resumed epochs rerun
             final = _final_scores(out, test_maps, labels, device)   # the saved model, however it was reached
             rec = {"benchmark": "ZhangLab-OCSSL-64", "labels": args.labels.name, "run": str(run), "variant": variant,
-                   "inputs": "dual",
+                   "inputs": args.study_inputs,
                    "synth_space": space,
                    "seed": seed, "asr_epochs": asr_epochs, "refine_config": dataclasses.asdict(cfg),
                    "final_auc": round(100 * final["auc"], 2), "final_ap": round(100 * final["ap"], 2),

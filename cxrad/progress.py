@@ -40,10 +40,14 @@ class _Task:
     def __init__(self, progress: Progress | None, task_id, label: str, total: int, log_every: float):
         self._p, self._id, self._label, self._total = progress, task_id, label, total
         self._done, self._last, self._t0, self._log_every = 0, 0.0, time.monotonic(), log_every
+        self._base = 0   # steps done before this process started (a resume): not part of the rate
         self.info = ""
 
-    def advance(self, n: int = 1, info: str = "") -> None:
+    def advance(self, n: int = 1, info: str = "", resumed: bool = False) -> None:
+        """``n`` more steps done; ``resumed``: they were done by an earlier run (the rate ignores them)."""
         self._done += n
+        if resumed:
+            self._base, self._t0 = self._done, time.monotonic()
         if info:
             self.info = info
         if self._p is not None:
@@ -54,7 +58,7 @@ class _Task:
             return
         if now - self._last >= self._log_every or self._done >= self._total:
             self._last = now
-            rate = self._done / max(now - self._t0, 1e-9)
+            rate = (self._done - self._base) / max(now - self._t0, 1e-9)
             extra = f" {self.info}" if self.info else ""
             log(f"{self._label}: {self._done}/{self._total} ({rate:.1f}/s){extra}")
 

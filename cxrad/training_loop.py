@@ -72,7 +72,7 @@ def fit(trainer: EpochTrainer, *, epochs: int, checkpoint_every: int, save: Call
     """
     with stop_requests() as stop, progress.task(label, epochs) as bar:
         if trainer.epoch:
-            bar.advance(trainer.epoch, info=f"resumed at epoch {trainer.epoch}")
+            bar.advance(trainer.epoch, info=f"resumed at epoch {trainer.epoch}", resumed=True)
         start_epoch, t_start = trainer.epoch, time.monotonic()
         while trainer.epoch < epochs:
             t0 = time.monotonic()
