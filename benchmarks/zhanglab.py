@@ -38,6 +38,8 @@ REFINE_VARIANTS = {
     "jitter-wide": {"level_jitter": (0.5, 3.0)},
     "clip99": {"clip_quantile": 0.99},
     "scalar-norm": {"normalize": "normal-mean"},
+    "donors-top-half": {"donor_fraction": 0.5},
+    "donors-top-quarter": {"donor_fraction": 0.25},
     # the reference FPI (blend in the image, donors from Dn) with every other cxrad default
     "image-space": {"space": "image"},
     # the reference end to end: image-space FPI, raw maps, no EMA, no precise BN

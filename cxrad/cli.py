@@ -251,6 +251,9 @@ def refine(
                                                                           "final weights."),
     precise_bn: bool = typer.Option(REFINE.precise_bn, "--precise-bn/--no-precise-bn",
                                     help="Recompute BatchNorm statistics of the kept model over one synthetic epoch."),
+    donor_fraction: float = typer.Option(REFINE.donor_fraction, "--donor-fraction",
+                                         help="Map-space FPI: blend only from this fraction of the unlabelled donor "
+                                              "images, those with the highest input maps (1: all)."),
     device: str = typer.Option(REFINE.device, "--device", help="auto | cpu | cuda | cuda:N"),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/refine/<inputs>/checkpoint.ckpt."),
     force: bool = typer.Option(False, "--force"),
@@ -259,7 +262,7 @@ def refine(
     from cxrad.methods.ddad.refine import refine as run_refine
 
     cfg = RefineConfig(inputs=inputs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, normalize=normalize,
-                       ema_decay=ema_decay, precise_bn=precise_bn, device=device)
+                       ema_decay=ema_decay, precise_bn=precise_bn, donor_fraction=donor_fraction, device=device)
     typer.echo(run_refine(run, cfg, resume=resume, force=force))
 
 

@@ -111,3 +111,23 @@ def test_level_gains_range_and_repeatable():
     assert g.shape == (1000, 2) and g.min() >= 1.0 and g.max() <= 2.0
     assert abs(float(np.median(g)) - 2 ** 0.5) < 0.05          # log-uniform: median = geometric mean
     assert np.array_equal(g, level_gains(1000, 2, (1.0, 2.0), seed=3, epoch=4))
+
+
+def test_top_donors_keep_the_highest_maps_and_every_index_stays_valid():
+    from cxrad.methods.ddad.refinement import top_donors
+
+    # donor i has level i in channel 0; channel 1 is the same for every donor, so channel 0 decides
+    maps = torch.zeros(10, 2, 4, 4)
+    maps[:, 0] = torch.arange(10, dtype=torch.float32)[:, None, None]
+    maps[:, 1] = 100.0
+    idx = top_donors(maps, 0.3)
+    assert idx.shape == (10,) and idx.dtype == torch.int64
+    assert idx.tolist() == [7, 8, 9, 7, 8, 9, 7, 8, 9, 7]
+    assert top_donors(maps, 1.0).tolist() == list(range(10))
+    assert top_donors(maps, 0.01).tolist() == [9] * 10   # at least one donor is kept
+    # channels count relative to their own mean: channel 1 (1000x larger values) puts donor 0 at 3.6x
+    # its mean, which outweighs channel 0's top donor (2x its mean)
+    maps[:, 1] = 1000.0
+    maps[0, 1] = 5000.0
+    maps[:, 0] *= 0.001
+    assert top_donors(maps, 0.1).tolist() == [0] * 10

@@ -4,6 +4,8 @@ a NaN loss stops with a one-line error and leaves the last checkpoint intact."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import signal
 from pathlib import Path
 
@@ -124,3 +126,24 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(run, uninterrupted, tmp_pa
     # resumed from that checkpoint without the fault, training ends where the uninterrupted run did
     refine(run, CFG, out=out, resume=True)
     _assert_bitwise(uninterrupted, _state_dict(out))
+
+
+def test_donor_fraction_trains_on_the_top_donors_and_differs_from_all_donors(run, uninterrupted, tmp_path):
+    """--donor-fraction 0.5 is recorded, and blending only from the higher half of Du's maps gives a
+    different model from the same recipes (the donors really changed)."""
+    out = refine(run, dataclasses.replace(CFG, donor_fraction=0.5), out=tmp_path / "dual")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["donor_fraction"] == 0.5
+    sd = _state_dict(out)
+    assert any(not torch.equal(sd[k], uninterrupted[k]) for k in sd)
+
+
+def test_donor_fraction_with_image_space_recipes_is_a_one_line_error(run, tmp_path):
+    from cxrad.methods.ddad.synthesize import synthesize
+
+    synth = tmp_path / "synth-image"
+    synthesize(run, SynthConfig(epochs=1, preview_count=0, space="image"), out=synth)
+    with pytest.raises(CxradError, match=r"--donor-fraction 0.5: .*map-space FPI") as exc:
+        refine(run, dataclasses.replace(CFG, epochs=1, donor_fraction=0.5), synth=synth, out=tmp_path / "r")
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "r" / "asr.pt").exists()

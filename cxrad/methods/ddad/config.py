@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cxrad.config import ConfigValueError, Device, StageConfig, at_least, in_range, operational
+from cxrad.config import ConfigValueError, Device, StageConfig, added_field, at_least, in_range, operational
 
 Backbone = Literal["ae", "memae", "aeu"]
 RefineInputs = Literal["dual", "intra"]
@@ -111,6 +111,9 @@ class RefineConfig(StageConfig):
                                         # the normal training images' maps (recorded); 0 = off
     level_jitter: tuple[float, float] = (1.0, 1.0)  # per-sample, per-channel gain on the input maps,
                                         # log-uniform in [lo, hi]; (1, 1) = off
+    donor_fraction: float = added_field(1.0)  # map-space FPI: blend only from this fraction of the donor
+                                        # (Du) images, those whose input maps are highest on average;
+                                        # 1 = every donor (docs/method.md, "ASR-Net")
     precise_bn: bool = True             # recompute BatchNorm statistics of the kept weights over one
                                         # full synthetic epoch (the running stats of batch-8 training are
                                         # those of the last ~10 batches)
@@ -120,6 +123,7 @@ class RefineConfig(StageConfig):
         in_range(self, "lr", 0.0, float("inf"), lo_open=True)
         in_range(self, "ema_decay", 0.0, 1.0, hi_open=True)
         in_range(self, "clip_quantile", 0.0, 1.0)
+        in_range(self, "donor_fraction", 0.0, 1.0, lo_open=True)
         lo, hi = self.level_jitter
         if not 0 < lo <= hi:
             raise ConfigValueError("level_jitter", (lo, hi), "need 0 < low <= high.", shown=f"{lo} {hi}",

@@ -44,7 +44,14 @@ from cxrad.methods.ddad.asr_net import INPUT_CHANNELS, ASRNet, focal_loss
 from cxrad.methods.ddad.config import RefineConfig
 from cxrad.methods.ddad.ensembles import open_ensembles, to_network_space
 from cxrad.methods.ddad.recipes_store import read_recipes, synth_epochs, synth_space, verify_recipes
-from cxrad.methods.ddad.refinement import channel_stats, input_scales, level_gains, stacked_maps, synthetic_batches
+from cxrad.methods.ddad.refinement import (
+    channel_stats,
+    input_scales,
+    level_gains,
+    stacked_maps,
+    synthetic_batches,
+    top_donors,
+)
 from cxrad.methods.ddad.weight_average import ema_decay_at, ema_update, precise_bn
 from cxrad.runs import open_run
 from cxrad.training_loop import Diverged, Interrupted, fit
@@ -210,8 +217,14 @@ def _batch_source(info, ens, synth: Path, cfg: RefineConfig, device: torch.devic
     map_pools = None
     if space == "maps":
         donors = to_network_space(torch.as_tensor(load_split(prepared, donor_pool).images).to(device))
-        map_pools = (stacked_maps(ens, pool, cfg.inputs), stacked_maps(ens, donors, cfg.inputs))
+        donor_maps = stacked_maps(ens, donors, cfg.inputs)
         del donors
+        if cfg.donor_fraction < 1:
+            donor_maps = donor_maps[top_donors(donor_maps, cfg.donor_fraction)]
+        map_pools = (stacked_maps(ens, pool, cfg.inputs), donor_maps)
+    elif cfg.donor_fraction < 1:
+        raise CxradError(f"--donor-fraction {cfg.donor_fraction:g}: donors are chosen by their maps, which needs "
+                         f"map-space FPI, but {synth} holds image-space recipes; use --donor-fraction 1.")
     pixel_means, clip = channel_stats(ens, pool, cfg.inputs, cfg.clip_quantile)
     scales = input_scales(pixel_means, cfg.normalize)
     if state is not None:  # the recorded statistics, so a resumed run scales exactly like the first

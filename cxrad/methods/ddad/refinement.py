@@ -61,6 +61,22 @@ def input_scales(pixel_means: np.ndarray, normalize: str) -> list | None:
     return None
 
 
+def top_donors(donor_maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Donor index map that draws only from the ``fraction`` of donors with the highest maps.
+
+    ``donor_maps``: (M, C, H, W). Each channel is divided by its mean over all donors so channels
+    count alike; a donor's rank is its mean over channels and pixels. Returns (M,) int64 indices
+    into ``donor_maps``: entry j is the (j mod k)-th of the k = ceil(fraction·M) kept donors in index
+    order, so recipes that name donor j keep working and the kept donors are drawn evenly.
+    """
+    m = len(donor_maps)
+    k = max(1, int(np.ceil(fraction * m)))
+    per_channel = donor_maps.double().mean(dim=(2, 3))                  # (M, C)
+    rank = (per_channel / per_channel.mean(0).clamp_min(1e-12)).mean(1)  # (M,)
+    kept = torch.sort(torch.topk(rank, k).indices).values
+    return kept[torch.arange(m, device=kept.device) % k]
+
+
 def level_gains(n: int, channels: int, jitter: tuple[float, float], seed: int, epoch: int) -> np.ndarray:
     """(n, channels) gains, log-uniform in [lo, hi], drawn from (seed, epoch) so resume repeats them."""
     lo, hi = float(jitter[0]), float(jitter[1])
