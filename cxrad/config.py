@@ -40,11 +40,17 @@ def operational(default: Any) -> Any:
     return field(default=default, metadata={"operational": True})
 
 
-def added_field(default: Any) -> Any:
+_SAME_AS_DEFAULT = object()
+
+
+def added_field(default: Any, made_with: Any = _SAME_AS_DEFAULT) -> Any:
     """An identity field added after artifacts were made by its stage: left out of the identity while
-    it holds ``default`` (what those artifacts were made with), so they keep their identity and a
-    re-run stays a no-op; any other value makes a different artifact."""
-    return field(default=default, metadata={"omit_at_default": True})
+    it holds ``made_with`` (what those artifacts were made with; by default ``default``), so they keep
+    their identity and a re-run stays a no-op; any other value makes a different artifact. A default
+    that changes when the field is added passes the old behaviour as ``made_with``: the new default
+    then shows in the identity, and old artifacts are redone rather than mistaken for new ones."""
+    omit = default if made_with is _SAME_AS_DEFAULT else made_with
+    return field(default=default, metadata={"omit_at_default": True, "omit_at": omit})
 
 
 def operational_fields(cfg_or_type: Any) -> tuple[str, ...]:
@@ -78,7 +84,7 @@ def identity(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: identity(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                 if not f.metadata.get("operational")
-                and not (f.metadata.get("omit_at_default") and getattr(obj, f.name) == f.default)}
+                and not (f.metadata.get("omit_at_default") and getattr(obj, f.name) == f.metadata["omit_at"])}
     if isinstance(obj, dict):
         return {str(k): identity(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

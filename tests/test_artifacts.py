@@ -146,3 +146,25 @@ def test_operational_fields_do_not_change_an_artifacts_identity(tmp_path):
     assert begin_output(folder, "maps", ScoreConfig(device="cuda", batch_size=8), force=False) is False
     with pytest.raises(CxradError, match="different configuration"):
         begin_output(folder, "maps", ScoreConfig(split="val", device="cpu"), force=False)
+
+
+def test_an_added_field_keeps_old_identities_only_at_the_value_they_were_made_with():
+    """A field added with a new default (made_with = the old behaviour): old artifacts, made before
+    the field existed, keep their identity only for configs that ask for the old behaviour."""
+    from dataclasses import dataclass
+
+    from cxrad.config import added_field, identity
+
+    @dataclass
+    class Before:
+        lr: float = 0.1
+
+    @dataclass
+    class After:
+        lr: float = 0.1
+        share: float = added_field(0.5, made_with=1.0)
+        kept: int = added_field(3)
+
+    assert identity(After(share=1.0)) == identity(Before()) == {"lr": 0.1}
+    assert identity(After()) == {"lr": 0.1, "share": 0.5}     # the new default is a new artifact
+    assert identity(After(kept=4, share=1.0)) == {"lr": 0.1, "kept": 4}

@@ -111,9 +111,10 @@ class RefineConfig(StageConfig):
                                         # the normal training images' maps (recorded); 0 = off
     level_jitter: tuple[float, float] = (1.0, 1.0)  # per-sample, per-channel gain on the input maps,
                                         # log-uniform in [lo, hi]; (1, 1) = off
-    donor_fraction: float = added_field(1.0)  # map-space FPI: blend only from this fraction of the donor
-                                        # (Du) images, those whose input maps are highest on average;
-                                        # 1 = every donor (docs/method.md, "ASR-Net")
+    donor_fraction: float = added_field(0.5, made_with=1.0)  # map-space FPI: blend only from this
+                                        # fraction of the donor (Du) images, those whose input maps are
+                                        # highest on average; 1 = every donor, as before (docs/method.md,
+                                        # "Where cxrad departs", 5)
     precise_bn: bool = True             # recompute BatchNorm statistics of the kept weights over one
                                         # full synthetic epoch (the running stats of batch-8 training are
                                         # those of the last ~10 batches)

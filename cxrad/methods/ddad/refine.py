@@ -223,8 +223,9 @@ def _batch_source(info, ens, synth: Path, cfg: RefineConfig, device: torch.devic
             donor_maps = donor_maps[top_donors(donor_maps, cfg.donor_fraction)]
         map_pools = (stacked_maps(ens, pool, cfg.inputs), donor_maps)
     elif cfg.donor_fraction < 1:
-        raise CxradError(f"--donor-fraction {cfg.donor_fraction:g}: donors are chosen by their maps, which needs "
-                         f"map-space FPI, but {synth} holds image-space recipes; use --donor-fraction 1.")
+        # the reference's image-space FPI blends Dn images, which have no maps to rank by
+        progress.log(f"cxrad refine: {synth} holds image-space recipes; --donor-fraction applies to map-space "
+                     "FPI only, every recipe's donor is used as written.")
     pixel_means, clip = channel_stats(ens, pool, cfg.inputs, cfg.clip_quantile)
     scales = input_scales(pixel_means, cfg.normalize)
     if state is not None:  # the recorded statistics, so a resumed run scales exactly like the first
