@@ -200,13 +200,21 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
     test_maps = _test_maps(run, device) if args.log_epoch_auc else None
     for mode in args.refine_inputs:
         cb = None
-        if test_maps is not None:
-            per_epoch[f"R_{mode}"] = []
-            cb = _epoch_logger(test_maps[0], test_maps[1], per_epoch[f"R_{mode}"])
-        rcfg = dataclasses.replace(cfgs["refine"], inputs=mode)
         ckpt = RunLayout(run).refine(mode) / ASR_CHECKPOINT
+        if test_maps is not None:
+            # kept beside the run, so a refine resumed in a later session still reports every epoch
+            epoch_log = args.workdir / "epoch-logs" / f"{run.name}-R_{mode}.jsonl"
+            rows = _read_epoch_log(epoch_log) if ckpt.is_file() else []
+            if not ckpt.is_file():
+                epoch_log.unlink(missing_ok=True)
+            per_epoch[f"R_{mode}"] = rows
+            cb = _persisted(_epoch_logger(test_maps[0], test_maps[1], rows), rows, epoch_log)
+        rcfg = dataclasses.replace(cfgs["refine"], inputs=mode)
         timed(f"refine-{mode}", lambda rcfg=rcfg, cb=cb, ckpt=ckpt: refine(run, rcfg, resume=ckpt.is_file(),
                                                                             on_epoch=cb))
+        if f"R_{mode}" in per_epoch:   # epochs redone after a resume: keep the last row of each
+            per_epoch[f"R_{mode}"] = sorted({r["epoch"]: r for r in per_epoch[f"R_{mode}"]}.values(),
+                                            key=lambda r: r["epoch"])
     timed("score", lambda: score(run, cfgs["score"]))
     metrics = timed("evaluate", lambda: evaluate(run, cfgs["evaluate"]))
     timings["total"] = round(sum(timings.values()), 2)
