@@ -148,17 +148,28 @@ def _final_scores(folder: Path, test_maps, labels, device) -> dict:
     return {"auc": auc(labels, s), "ap": average_precision(labels, s)}
 
 
-def _read_epoch_log(path: Path) -> list:
-    """Per-epoch analysis rows of an interrupted study refine (empty when there are none)."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+def _kept_epoch_log(path: Path, resume: bool, test_maps, labels):
+    """Per-epoch analysis log that outlives the process -> (rows, on_epoch callback).
+
+    ``rows`` starts with what ``path`` holds when ``resume`` (an interrupted refine continues), else
+    empty and ``path`` is cleared; the callback adds each epoch's row to ``rows`` and appends it to
+    ``path``, so a refine resumed in a later session still reports every epoch.
+    """
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line] if resume and path.is_file() else []
+    if not resume:
+        path.unlink(missing_ok=True)
+    log_epoch = _epoch_logger(test_maps, labels, rows)
+
+    def on_epoch(epoch, asr):
+        log_epoch(epoch, asr)
+        append_jsonl(path, rows[-1])
+    return rows, on_epoch
 
 
-def _persisted(cb, store: list, path: Path):
-    """Wrap an epoch logger so every row it adds is also appended to ``path``."""
-    def wrapped(epoch, asr):
-        cb(epoch, asr)
-        append_jsonl(path, store[-1])
-    return wrapped
+def _last_per_epoch(rows: list) -> list:
+    """One row per epoch, in order: the last one, since a resumed refine reruns the epochs after
+    its checkpoint."""
+    return sorted({r["epoch"]: r for r in rows}.values(), key=lambda r: r["epoch"])
 
 
 def _test_maps(run: Path, device):
@@ -202,19 +213,13 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         cb = None
         ckpt = RunLayout(run).refine(mode) / ASR_CHECKPOINT
         if test_maps is not None:
-            # kept beside the run, so a refine resumed in a later session still reports every epoch
-            epoch_log = args.workdir / "epoch-logs" / f"{run.name}-R_{mode}.jsonl"
-            rows = _read_epoch_log(epoch_log) if ckpt.is_file() else []
-            if not ckpt.is_file():
-                epoch_log.unlink(missing_ok=True)
-            per_epoch[f"R_{mode}"] = rows
-            cb = _persisted(_epoch_logger(test_maps[0], test_maps[1], rows), rows, epoch_log)
+            rows, cb = _kept_epoch_log(args.workdir / "epoch-logs" / f"{run.name}-R_{mode}.jsonl", ckpt.is_file(),
+                                       *test_maps)
         rcfg = dataclasses.replace(cfgs["refine"], inputs=mode)
         timed(f"refine-{mode}", lambda rcfg=rcfg, cb=cb, ckpt=ckpt: refine(run, rcfg, resume=ckpt.is_file(),
                                                                             on_epoch=cb))
-        if f"R_{mode}" in per_epoch:   # epochs redone after a resume: keep the last row of each
-            per_epoch[f"R_{mode}"] = sorted({r["epoch"]: r for r in per_epoch[f"R_{mode}"]}.values(),
-                                            key=lambda r: r["epoch"])
+        if test_maps is not None:
+            per_epoch[f"R_{mode}"] = _last_per_epoch(rows)
     timed("score", lambda: score(run, cfgs["score"]))
     metrics = timed("evaluate", lambda: evaluate(run, cfgs["evaluate"]))
     timings["total"] = round(sum(timings.values()), 2)
@@ -274,17 +279,12 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
             synthesize(run, SynthConfig(epochs=asr_epochs, seed=seed, space=space), out=synth)
             cfg = dataclasses.replace(base_cfg, inputs=args.study_inputs, seed=seed, **spec)
             out = run / "study" / f"refine-{variant}-{args.study_inputs}-s{seed}"
-            # a full-budget study outlives a session: continue from the refine checkpoint, and keep
-            # the per-epoch analysis log beside it so the resumed record still has every epoch
+            # a full-budget study outlives a session: continue from the refine checkpoint
             resume = (out / ASR_CHECKPOINT).is_file()
-            epoch_log = run / "study" / f"refine-{variant}-{args.study_inputs}-s{seed}.epochs.jsonl"
-            log: list = _read_epoch_log(epoch_log) if resume else []
-            if not resume:
-                epoch_log.unlink(missing_ok=True)
+            log, on_epoch = _kept_epoch_log(run / "study" / f"{out.name}.epochs.jsonl", resume, test_maps, labels)
             t0 = time.perf_counter()
-            refine(run, cfg, synth=synth, out=out, resume=resume, force=not resume,
-                   on_epoch=_persisted(_epoch_logger(test_maps, labels, log), log, epoch_log))
-            log = sorted({r["epoch"]: r for r in log}.values(), key=lambda r: r["epoch"])  # resumed epochs rerun
+            refine(run, cfg, synth=synth, out=out, resume=resume, force=not resume, on_epoch=on_epoch)
+            log = _last_per_epoch(log)
             final = _final_scores(out, test_maps, labels, device)   # the saved model, however it was reached
             rec = {"benchmark": "ZhangLab-OCSSL-64", "labels": args.labels.name, "run": str(run), "variant": variant,
                    "inputs": args.study_inputs,
