@@ -402,6 +402,38 @@ def test_luma_by_row_blocks_is_the_whole_image_product():
         np.testing.assert_array_equal(to_gray(a), (a[..., :3].astype(np.float64) @ LUMA).astype(np.float32))
 
 
+
+def _chunks(png: bytes) -> list[tuple[int, bytes]]:
+    """(offset, type) of every chunk of a PNG file."""
+    out, pos = [], 8
+    while pos + 8 <= len(png):
+        (length,) = struct.unpack(">I", png[pos:pos + 4])
+        out.append((pos, png[pos + 4:pos + 8]))
+        pos += 12 + length
+    return out
+
+
+@pytest.mark.parametrize("keep", ["all-pixel-data", "half-of-last-idat", "first-idat-byte"])
+def test_cut_png_is_rejected_unless_every_pixel_byte_is_there(keep):
+    """A PNG cut anywhere inside its pixel data is a reject; one that lost only its IEND trailer decodes to
+    exactly the full image. So no cut file is ever decoded with made-up (padded) rows."""
+    full_gray = np.asarray(Image.open(NORMALS[0]).convert("L"))
+    buf = io.BytesIO()
+    Image.fromarray(full_gray).save(buf, "PNG")
+    png = buf.getvalue()
+    chunks = _chunks(png)
+    idats = [off for off, kind in chunks if kind == b"IDAT"]
+    assert idats and chunks[-1][1] == b"IEND"
+    cut = {"all-pixel-data": chunks[-1][0],                          # only IEND missing
+           "half-of-last-idat": (idats[-1] + chunks[-1][0]) // 2,
+           "first-idat-byte": idats[0] + 9}[keep]
+    if keep == "all-pixel-data":
+        img, _ = decode_raster(png[:cut])
+        np.testing.assert_array_equal(img, full_gray.astype(np.float32))
+    else:
+        with pytest.raises(CxradError, match="truncated"):
+            decode_raster(png[:cut])
+
 # ---------------------------------------------------------------------------------------------
 # predict: the same readers, suffixes and rejects (a toy method: no training)
 # ---------------------------------------------------------------------------------------------
