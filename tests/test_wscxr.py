@@ -271,13 +271,12 @@ def test_scorer_from_final_state_matches_the_discriminator(hidden):
     import numpy as np
 
     from cxrad.features.backbones import load_backbone
-    from cxrad.methods.wscxr.method import SCORE, SCORE_MEAN, WSCXRScorer, _extractor
+    from cxrad.features.extractor import PatchFeatureExtractor, extractor_state
+    from cxrad.methods.wscxr.method import SCORE, SCORE_MEAN, WSCXRScorer
 
     backbone = load_backbone("efficientnet-lite0", pretrained=False)
     trunk = backbone.trunk
-    keep = {"backbone": "efficientnet-lite0", "stages": list(trunk.stages), "trunk": trunk.state_dict(),
-            "weights": "random init", "weights_sha256": "", "input_size": 32, "feature_dim": 8,
-            "smoothing_sigma": 4.0}
+    keep = {**extractor_state(backbone, 32, 8), "smoothing_sigma": 4.0}
     normal, protos = _toy_features(4, n=6, p=16, d=8)
     cfg = WSCXRConfig(epochs=2, batch_size=3, hidden=hidden, input_size=32, feature_dim=8).validate()
     trainer = WSCXRTrainer(normal, protos, cfg, torch.device("cpu"), keep=keep)
@@ -286,7 +285,7 @@ def test_scorer_from_final_state_matches_the_discriminator(hidden):
     images = np.random.default_rng(0).random((3, 40, 40), dtype=np.float32)
     out = scorer.score(images, batch_size=2)
     assert out.maps[SCORE].shape == (3, 40, 40) and out.scores[SCORE].shape == (3,)
-    feats = _extractor(trunk, 32, 8, torch.device("cpu"))(torch.as_tensor(images))       # (3, 16, 8)
+    feats = PatchFeatureExtractor(trunk, input_size=32, feature_dim=8)(torch.as_tensor(images))  # (3, 16, 8)
     trainer.model.eval()
     with torch.no_grad():
         d = trainer.model(feats.reshape(-1, 8)).reshape(3, -1)

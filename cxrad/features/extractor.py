@@ -21,14 +21,14 @@ Result: (N, P, D) with P = grid_h × grid_w patches in row-major order (784 at 2
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrad.features.backbones import StageTrunk
+from cxrad.features.backbones import Backbone, StageTrunk, trunk_from_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)   # the normalisation the Lite weights were converted with
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,3 +94,21 @@ def _pool_channels(fmap: torch.Tensor, dim: int) -> torch.Tensor:
     n, c, h, w = fmap.shape
     flat = fmap.permute(0, 2, 3, 1).reshape(n * h * w, 1, c)
     return F.adaptive_avg_pool1d(flat, dim).reshape(n, h * w, dim)
+
+
+def extractor_state(backbone: Backbone, input_size: int, feature_dim: int) -> dict[str, Any]:
+    """What a model file keeps of its frozen feature extractor: the trunk's own weights (so scoring
+    never depends on the weights file still being there), their provenance and the extractor's sizes.
+    :func:`extractor_from_state` rebuilds the extractor from it."""
+    trunk = backbone.trunk
+    return {"backbone": backbone.arch, "stages": list(trunk.stages),
+            "trunk": {k: v.detach().cpu() for k, v in trunk.state_dict().items()},
+            "weights": backbone.source, "weights_sha256": backbone.sha256 or "",
+            "input_size": int(input_size), "feature_dim": int(feature_dim)}
+
+
+def extractor_from_state(state: dict[str, Any], device: torch.device) -> PatchFeatureExtractor:
+    """The extractor an :func:`extractor_state` dict describes, on ``device``, in eval mode."""
+    trunk = trunk_from_state(state["backbone"], state["stages"], state["trunk"])
+    return PatchFeatureExtractor(trunk.to(device), input_size=int(state["input_size"]),
+                                 feature_dim=int(state["feature_dim"]))

@@ -41,17 +41,12 @@ SPECS = (ScoreSpec(SCORE, "largest patch distance to the nearest normal (memory-
                                "the dev split, docs/patchcore.md", priority=1))
 
 
-def _extractor(trunk, input_size: int, feature_dim: int, device: torch.device):
-    from cxrad.features.extractor import PatchFeatureExtractor
-
-    return PatchFeatureExtractor(trunk.to(device), input_size=input_size, feature_dim=feature_dim)
-
-
 class PatchCoreTrainer:
     """Builds the memory bank in one pass (:meth:`run_epoch`)."""
 
     def __init__(self, ctx: FitContext):
         from cxrad.features.backbones import load_backbone
+        from cxrad.features.extractor import PatchFeatureExtractor
         from cxrad.io.store import load_split
 
         self.cfg: PatchCoreConfig = ctx.cfg
@@ -61,8 +56,8 @@ class PatchCoreTrainer:
             raise CxradError(f"{ctx.prepared}: the normal split (Dn) is empty; PatchCore builds its memory bank "
                              "from normal training images — prepare data with some.")
         self.backbone = load_backbone(self.cfg.backbone, self.cfg.weights or None)
-        self.extractor = _extractor(self.backbone.trunk, self.cfg.input_size,
-                                    self.cfg.feature_dim, self.device)
+        self.extractor = PatchFeatureExtractor(self.backbone.trunk.to(self.device), input_size=self.cfg.input_size,
+                                               feature_dim=self.cfg.feature_dim)
         self.epoch = 0
         self.bank: Optional[torch.Tensor] = None
         self.info: dict[str, Any] = {}
@@ -89,12 +84,11 @@ class PatchCoreTrainer:
     def final_state(self) -> dict[str, Any]:
         if self.bank is None:
             raise RuntimeError("final_state() before the memory bank was built")
-        cfg, trunk = self.cfg, self.backbone.trunk
-        return {"format": STATE_FORMAT, "backbone": cfg.backbone, "stages": list(trunk.stages),
-                "trunk": {k: v.detach().cpu() for k, v in trunk.state_dict().items()},
-                "weights": self.backbone.source, "weights_sha256": self.backbone.sha256 or "",
-                "input_size": cfg.input_size, "feature_dim": cfg.feature_dim, "knn": cfg.knn,
-                "smoothing_sigma": cfg.smoothing_sigma, "memory_bank": self.bank.contiguous()}
+        from cxrad.features.extractor import extractor_state
+
+        cfg = self.cfg
+        return {"format": STATE_FORMAT, **extractor_state(self.backbone, cfg.input_size, cfg.feature_dim),
+                "knn": cfg.knn, "smoothing_sigma": cfg.smoothing_sigma, "memory_bank": self.bank.contiguous()}
 
     def checkpoint(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "info": dict(self.info),
@@ -116,13 +110,12 @@ class PatchCoreScorer(Scorer):
     names = (SCORE, SCORE_MEAN)
 
     def __init__(self, state: dict[str, Any], device: torch.device, source: str = "model.pt"):
-        from cxrad.features.backbones import trunk_from_state
+        from cxrad.features.extractor import extractor_from_state
 
         if state.get("format") != STATE_FORMAT:
             raise CxradError(f"{source}: not a PatchCore model of this cxrad (format {state.get('format')!r}); "
                              "retrain it with `cxrad fit ... --method patchcore --force`.")
-        trunk = trunk_from_state(state["backbone"], state["stages"], state["trunk"])
-        self.extractor = _extractor(trunk, int(state["input_size"]), int(state["feature_dim"]), device)
+        self.extractor = extractor_from_state(state, device)
         self.bank = state["memory_bank"].to(device=device, dtype=torch.float32)
         self.knn, self.sigma = int(state["knn"]), float(state["smoothing_sigma"])
         self.input_size, self.device = int(state["input_size"]), device

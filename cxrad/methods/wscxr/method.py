@@ -39,12 +39,6 @@ SPECS = (ScoreSpec(SCORE, "largest patch output of the discriminator trained on 
                                "the dev split, docs/wscxr.md", priority=1))
 
 
-def _extractor(trunk, input_size: int, feature_dim: int, device: torch.device):
-    from cxrad.features.extractor import PatchFeatureExtractor
-
-    return PatchFeatureExtractor(trunk.to(device), input_size=input_size, feature_dim=feature_dim)
-
-
 def _extractor_key(arch: str, weights_sha256: str, input_size: int, feature_dim: int) -> tuple:
     return (arch, weights_sha256, int(input_size), int(feature_dim))
 
@@ -52,18 +46,16 @@ def _extractor_key(arch: str, weights_sha256: str, input_size: int, feature_dim:
 def make_trainer(ctx: FitContext) -> WSCXRTrainer:
     """Load the backbone, build the training set (data.py), wrap it in the discriminator trainer."""
     from cxrad.features.backbones import load_backbone
+    from cxrad.features.extractor import PatchFeatureExtractor, extractor_state
     from cxrad.methods.wscxr.data import training_set
 
     cfg: WSCXRConfig = ctx.cfg
     backbone = load_backbone(cfg.backbone, cfg.weights or None)
-    extractor = _extractor(backbone.trunk, cfg.input_size, cfg.feature_dim, ctx.device)
+    extractor = PatchFeatureExtractor(backbone.trunk.to(ctx.device), input_size=cfg.input_size,
+                                      feature_dim=cfg.feature_dim)
     key = _extractor_key(cfg.backbone, backbone.sha256 or "", cfg.input_size, cfg.feature_dim)
     data = training_set(ctx.prepared, cfg, extractor, key, ctx.device)
-    trunk = backbone.trunk
-    keep = {"backbone": cfg.backbone, "stages": list(trunk.stages),
-            "trunk": {k: v.detach().cpu() for k, v in trunk.state_dict().items()},
-            "weights": backbone.source, "weights_sha256": backbone.sha256 or "",
-            "input_size": cfg.input_size, "feature_dim": cfg.feature_dim, "smoothing_sigma": cfg.smoothing_sigma}
+    keep = {**extractor_state(backbone, cfg.input_size, cfg.feature_dim), "smoothing_sigma": cfg.smoothing_sigma}
     info = {**data.info, **backbone.record(), "feature_dim": cfg.feature_dim, "input_size": cfg.input_size}
     return WSCXRTrainer(data.normal, data.prototypes, cfg, ctx.device, info=info, keep=keep)
 
@@ -74,14 +66,13 @@ class WSCXRScorer(Scorer):
     names = (SCORE, SCORE_MEAN)
 
     def __init__(self, state: dict[str, Any], device: torch.device, source: str = "model.pt"):
-        from cxrad.features.backbones import trunk_from_state
+        from cxrad.features.extractor import extractor_from_state
 
         if state.get("format") != STATE_FORMAT:
             raise CxradError(f"{source}: not a WSCXR model of this cxrad (format {state.get('format')!r}); retrain it "
                              "with `cxrad fit ... --method wscxr --force`.")
-        trunk = trunk_from_state(state["backbone"], state["stages"], state["trunk"])
         self.input_size, self.sigma = int(state["input_size"]), float(state["smoothing_sigma"])
-        self.extractor = _extractor(trunk, self.input_size, int(state["feature_dim"]), device)
+        self.extractor = extractor_from_state(state, device)
         self.key = _extractor_key(state["backbone"], state["weights_sha256"], self.input_size, state["feature_dim"])
         self.model = PatchDiscriminator(int(state["dim"]), hidden=int(state["hidden"]),
                                         layers=int(state["hidden_layers"]))
