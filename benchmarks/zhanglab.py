@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="reconstruction epochs (default: from --variant)")
     ap.add_argument("--asr-epochs", type=int, help="ASR-Net epochs (default: from --variant)")
     ap.add_argument("--members", type=int, default=3)
+    ap.add_argument("--size", type=int, default=64, help="image side in px (default: the benchmark's 64)")
+    ap.add_argument("--depth", type=int, default=4,
+                    help="stride-2 stages per autoencoder (4: reference; 5 at --size 128 keeps the 4 x 4 bottleneck)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", action="store_true", help="bf16 mixed precision for the ensembles (CUDA only)")
@@ -101,16 +104,18 @@ def main(argv=None) -> int:
     epochs = args.epochs or epochs
     asr_epochs = args.asr_epochs or asr_epochs
     device = resolve_device(args.device)
-    prepared = args.workdir / "prepared" / f"{args.labels.stem}-64{val_tag}"   # zhanglab-ocssl-64, zhanglab-dev-64
+    prepared = args.workdir / "prepared" / f"{args.labels.stem}-{args.size}{val_tag}"   # e.g. zhanglab-ocssl-64
     ens_ema = EnsembleConfig.ema_decay if args.ensemble_ema_decay is None else args.ensemble_ema_decay
     run = args.workdir / "runs" / (f"{args.backbone}-e{epochs}-a{asr_epochs}-k{args.members}-s{args.seed}"
+                                   + (f"-px{args.size}" if args.size != 64 else "")
+                                   + (f"-d{args.depth}" if args.depth != 4 else "")
                                    + val_tag + ("-amp" if args.amp else "")
                                    + ("-indep" if args.independent_init else "")
                                    + (f"-ema{ens_ema:g}" if ens_ema != EnsembleConfig.ema_decay else ""))
     cfgs = {
-        "prepare": PrepareConfig(size=64, workers=max(1, args.threads), val_normals=args.val_normals),
+        "prepare": PrepareConfig(size=args.size, workers=max(1, args.threads), val_normals=args.val_normals),
         "ensemble": EnsembleConfig(backbone=args.backbone, members=args.members, epochs=epochs, seed=args.seed,
-                                   device=args.device, amp=args.amp, batch_size=args.batch_size,
+                                   device=args.device, amp=args.amp, batch_size=args.batch_size, depth=args.depth,
                                    paired_init=not args.independent_init, ema_decay=ens_ema),
         "synth": SynthConfig(epochs=asr_epochs, seed=args.seed),
         "refine": RefineConfig(epochs=asr_epochs, seed=args.seed, device=args.device),
@@ -224,7 +229,8 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
     metrics = timed("evaluate", lambda: evaluate(run, cfgs["evaluate"]))
     timings["total"] = round(sum(timings.values()), 2)
     return {
-        "benchmark": "ZhangLab-OCSSL-64", "variant": args.variant, "backbone": args.backbone,
+        "benchmark": f"ZhangLab-OCSSL-{args.size}", "variant": args.variant, "backbone": args.backbone,
+        "depth": args.depth,
         "epochs": cfgs["ensemble"].epochs, "asr_epochs": asr_epochs, "members": args.members, "seed": args.seed,
         "refine_inputs": args.refine_inputs, "amp": cfgs["ensemble"].amp,
         "batch_size": cfgs["ensemble"].batch_size, "paired_init": cfgs["ensemble"].paired_init,
@@ -286,7 +292,8 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
             refine(run, cfg, synth=synth, out=out, resume=resume, force=not resume, on_epoch=on_epoch)
             log = _last_per_epoch(log)
             final = _final_scores(out, test_maps, labels, device)   # the saved model, however it was reached
-            rec = {"benchmark": "ZhangLab-OCSSL-64", "labels": args.labels.name, "run": str(run), "variant": variant,
+            rec = {"benchmark": f"ZhangLab-OCSSL-{args.size}", "labels": args.labels.name, "run": str(run),
+                   "variant": variant,
                    "inputs": args.study_inputs,
                    "synth_space": space,
                    "seed": seed, "asr_epochs": asr_epochs, "refine_config": dataclasses.asdict(cfg),

@@ -157,6 +157,8 @@ def train_ensemble(
     batch_size: int = typer.Option(ENSEMBLE.batch_size, "--batch-size"),
     lr: float = typer.Option(ENSEMBLE.lr, "--lr"),
     seed: int = typer.Option(ENSEMBLE.seed, "--seed"),
+    depth: int = typer.Option(ENSEMBLE.depth, "--depth", help="Stride-2 stages per network (4 = reference at 64 px; "
+                                                              "5 at 128 px keeps the 4 x 4 bottleneck)."),
     paired_init: bool = typer.Option(ENSEMBLE.paired_init, "--paired-init/--independent-init",
                                      help="UDM member i starts like NDM member i (default) or independently "
                                           "(reference)."),
@@ -176,7 +178,7 @@ def train_ensemble(
     from cxrad.methods.ddad.train_ensemble import train_ensemble as run_train
 
     cfg = EnsembleConfig(module=module, members=members, backbone=backbone, epochs=epochs, batch_size=batch_size,
-                         lr=lr, seed=seed, paired_init=paired_init, ema_decay=ema_decay,
+                         lr=lr, seed=seed, depth=depth, paired_init=paired_init, ema_decay=ema_decay,
                          checkpoint_every=checkpoint_every, device=device, amp=amp)
     typer.echo(run_train(prepared, run, cfg, member=member, resume=resume, force=force))
 

@@ -96,6 +96,23 @@ def test_aeu_loader_returns_mean_and_logvar(prepared_sample32, tmp_path):
         load_module(open_run(run), "udm")
 
 
+def test_depth_is_recorded_and_loaded_and_default_runs_keep_their_identity(prepared_sample32, tmp_path, capsys):
+    deep, plain = tmp_path / "deep", tmp_path / "plain"
+    code, _, err = cli(["train-ensemble", prepared_sample32, "--run", deep, *FAST, "--epochs", "1",
+                        "--module", "ndm", "--depth", "5"], capsys)
+    assert code == 0, err
+    assert open_run(deep).config["depth"] == 5
+    model = load_module(open_run(deep), "ndm", "cpu")
+    assert model.depth == 5 and model.side == 1          # 32 px / 2^5
+    with torch.no_grad():
+        assert model(torch.zeros(3, 1, 32, 32)).shape == (2, 3, 1, 32, 32)
+    # the reference depth stays out of the identity: runs made before the option exist keep theirs
+    code, _, err = cli(["train-ensemble", prepared_sample32, "--run", plain, *FAST, "--epochs", "1",
+                        "--module", "ndm"], capsys)
+    assert code == 0, err
+    assert "depth" not in open_run(plain).config and load_module(open_run(plain), "ndm", "cpu").depth == 4
+
+
 def test_batched_equals_one_member_per_process(prepared_sample32, tmp_path):
     """`--member i` processes and the batched ensemble train the same weights (CPU, 2 epochs)."""
     cfg = EnsembleConfig(members=3, epochs=2, batch_size=8, device="cpu")
@@ -225,11 +242,15 @@ def _snapshot(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else None
 
 
-@pytest.mark.parametrize("case", ["non_run_folder", "wrong_kind", "wrong_schema", "empty_normal", "members_1",
-                                  "cuda_without_gpu", "resume_nothing", "bad_backbone", "amp_on_cpu", "ema_decay_1"])
+OPTION_CASES = {"members_1": ["--members", "1"], "cuda_without_gpu": ["--device", "cuda"],
+                "resume_nothing": ["--resume"], "bad_backbone": ["--backbone", "vae"], "amp_on_cpu": ["--amp"],
+                "ema_decay_1": ["--ema-decay", "1"], "depth_too_deep_for_32px": ["--depth", "6"],
+                "depth_8": ["--depth", "8"]}
+
+
+@pytest.mark.parametrize("case", ["non_run_folder", "wrong_kind", "wrong_schema", "empty_normal", *OPTION_CASES])
 def test_wrong_inputs_are_one_line_errors(case, prepared_sample32, tmp_path, capsys):
     prepared, run = prepared_sample32, tmp_path / "run"
-    extra: list[str] = []
     if case == "non_run_folder":
         run.mkdir()
         (run / "notes.txt").write_text("mine")
@@ -245,20 +266,9 @@ def test_wrong_inputs_are_one_line_errors(case, prepared_sample32, tmp_path, cap
         (prepared / "manifest.json").write_text(json.dumps(m))
     elif case == "empty_normal":
         prepared = _prepared_with_empty_normal(tmp_path / "empty", prepared_sample32)
-    elif case == "members_1":
-        extra = ["--members", "1"]
-    elif case == "cuda_without_gpu":
-        if torch.cuda.is_available():
-            pytest.skip("a GPU is visible")
-        extra = ["--device", "cuda"]
-    elif case == "resume_nothing":
-        extra = ["--resume"]
-    elif case == "bad_backbone":
-        extra = ["--backbone", "vae"]
-    elif case == "amp_on_cpu":
-        extra = ["--amp"]
-    elif case == "ema_decay_1":
-        extra = ["--ema-decay", "1"]
+    elif case == "cuda_without_gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    extra = OPTION_CASES.get(case, [])
     before = _snapshot(run)
     args = ["train-ensemble", prepared, "--run", run, "--epochs", "1", "--batch-size", "8", "--device", "cpu", *extra]
     code, out, err = cli(args, capsys)
@@ -267,7 +277,9 @@ def test_wrong_inputs_are_one_line_errors(case, prepared_sample32, tmp_path, cap
     assert _snapshot(run) == before
     # option errors (EnsembleConfig.validate, device and amp checks) name the option and the value
     names = {"members_1": "--members 1:", "bad_backbone": "--backbone 'vae': use one of ae, memae, aeu",
-             "ema_decay_1": "--ema-decay 1", "cuda_without_gpu": "--device cuda:", "amp_on_cpu": "--amp:"}
+             "ema_decay_1": "--ema-decay 1", "cuda_without_gpu": "--device cuda:", "amp_on_cpu": "--amp:",
+             "depth_too_deep_for_32px": "multiple of 64; re-run `cxrad prepare --size 64` or change --depth",
+             "depth_8": "--depth 8"}
     assert names.get(case, "cxrad: error: ") in err, err
 
 

@@ -30,6 +30,8 @@ class EnsembleConfig(StageConfig):
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.0
     latent_dim: int = 16
+    depth: int = added_field(4)         # stride-2 stages per network: 4 (reference) at 64 px; 5 at 128 px keeps the
+                                        # 4 x 4 bottleneck (autoencoders.py); the image side must divide by 2^depth
     memory_items: int = 25              # MemAE
     shrink_threshold: float = 0.0       # MemAE hard shrinkage; 0 disables (reference)
     entropy_weight: float = 0.0002      # MemAE attention-entropy loss weight
@@ -54,6 +56,7 @@ class EnsembleConfig(StageConfig):
         in_range(self, "lr", 0.0, float("inf"), lo_open=True)
         in_range(self, "ema_decay", 0.0, 1.0, hi_open=True)
         at_least(self, 0, "weight_decay", "shrink_threshold", "entropy_weight")
+        in_range(self, "depth", 3, 7)
 
 
 @dataclass

@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrad.methods.ddad.autoencoders import (
-    DEC_CHANNELS,
-    ENC_CHANNELS,
+    BOTTLENECK_CHANNELS,
+    DEPTH,
     HIDDEN,
     bottleneck_side,
     build_member,
+    dec_channels,
+    enc_channels,
     memory_attention,
 )
 
@@ -102,17 +104,18 @@ class BatchedEnsemble(nn.Module):
     """
 
     def __init__(self, backbone: str, members: int, size: int = 64, latent_dim: int = 16,
-                 memory_items: int = 25, shrink_threshold: float = 0.0):
+                 memory_items: int = 25, shrink_threshold: float = 0.0, depth: int = DEPTH):
         super().__init__()
         if backbone not in ("ae", "memae", "aeu"):
             raise ValueError(f"backbone {backbone!r}: use ae, memae or aeu")
-        self.backbone, self.members, self.size = backbone, members, size
-        self.side = bottleneck_side(size)
+        self.backbone, self.members, self.size, self.depth = backbone, members, size, depth
+        self.side = bottleneck_side(size, depth)
         self.out_channels = 2 if backbone == "aeu" else 1
         self.shrink_threshold = shrink_threshold
-        k, flat = members, ENC_CHANNELS[-1] * self.side**2
+        k, flat = members, BOTTLENECK_CHANNELS * self.side**2
         enc: list[nn.Module] = []
-        for cin, cout in zip(ENC_CHANNELS[:-1], ENC_CHANNELS[1:]):
+        ch = enc_channels(depth)
+        for cin, cout in zip(ch[:-1], ch[1:]):
             enc += [_GroupedConv(k, cin, cout, False), nn.BatchNorm2d(k * cout), nn.ReLU(inplace=True)]
         self.encoder = nn.Sequential(*enc)
         self.fc_enc = nn.Sequential(_BatchedLinear(k, flat, HIDDEN), _BatchedBatchNorm1d(k, HIDDEN),
@@ -120,9 +123,10 @@ class BatchedEnsemble(nn.Module):
         self.fc_dec = nn.Sequential(_BatchedLinear(k, latent_dim, HIDDEN), _BatchedBatchNorm1d(k, HIDDEN),
                                     nn.ReLU(inplace=True), _BatchedLinear(k, HIDDEN, flat))
         dec: list[nn.Module] = []
-        for cin, cout in zip(DEC_CHANNELS[:-1], DEC_CHANNELS[1:]):
+        ch = dec_channels(depth)
+        for cin, cout in zip(ch[:-1], ch[1:]):
             dec += [_GroupedConv(k, cin, cout, True), nn.BatchNorm2d(k * cout), nn.ReLU(inplace=True)]
-        dec.append(_GroupedConv(k, DEC_CHANNELS[-1], self.out_channels, True))
+        dec.append(_GroupedConv(k, ch[-1], self.out_channels, True))
         self.decoder = nn.Sequential(*dec)
         if backbone == "memae":
             self.memory = nn.Parameter(torch.empty(k, memory_items, latent_dim))
@@ -142,7 +146,7 @@ class BatchedEnsemble(nn.Module):
             att = memory_attention(z, self.memory, self.shrink_threshold)  # (K, B, items)
             z = att @ self.memory
             out["attention"] = att
-        h = self.fc_dec(z).transpose(0, 1).reshape(b, k * DEC_CHANNELS[0], self.side, self.side)
+        h = self.fc_dec(z).transpose(0, 1).reshape(b, k * BOTTLENECK_CHANNELS, self.side, self.side)
         y = self.decoder(h).view(b, k, self.out_channels, self.size, self.size)
         out["recon"] = y[:, :, 0]
         if self.backbone == "aeu":
@@ -205,11 +209,11 @@ class BatchedEnsemble(nn.Module):
 
 
 def stack_members(members: Sequence[nn.Module], backbone: str) -> BatchedEnsemble:
-    """Batched model holding copies of plain members (same backbone, size, latent size)."""
+    """Batched model holding copies of plain members (same backbone, size, latent size, depth)."""
     first = members[0]
     ens = BatchedEnsemble(backbone, len(members), first.size, first.latent_dim,
                           getattr(first, "memory", torch.empty(25, 1)).shape[0],
-                          getattr(first, "shrink_threshold", 0.0))
+                          getattr(first, "shrink_threshold", 0.0), first.depth)
     ens.load_member_states([m.state_dict() for m in members])
     return ens
 

@@ -76,6 +76,7 @@ def load_module(run: RunInfo, module: str, device: torch.device | str = "cpu"):
     (mean, logvar) pair of such tensors. Weights are read with ``torch.load(weights_only=True)``, after
     their sha256 is checked against the ensemble manifest (a damaged file is one line naming it).
     """
+    from cxrad.methods.ddad.autoencoders import DEPTH
     from cxrad.methods.ddad.ensemble import BatchedEnsemble
 
     outputs = read_ensemble(run).get("outputs", {})  # one line naming the step when unfinished (read once per run)
@@ -91,7 +92,7 @@ def load_module(run: RunInfo, module: str, device: torch.device | str = "cpu"):
                              "--force`.")
               for i in range(cfg["members"])]
     ens = BatchedEnsemble(cfg["backbone"], cfg["members"], cfg["image_size"], cfg["latent_dim"],
-                          cfg["memory_items"], cfg["shrink_threshold"])
+                          cfg["memory_items"], cfg["shrink_threshold"], cfg.get("depth", DEPTH))
     ens.load_member_states(states)
     ens.to(device).eval()
     for p in ens.parameters():

@@ -90,7 +90,8 @@ def _jobs(cfg: EnsembleConfig, member: int | None) -> list[tuple[str, int]]:
     return [(m, i) for m in modules for i in range(cfg.members)]
 
 
-def _load_data(prepared: Path, modules: list[str], batch_size: int) -> tuple[dict[str, np.ndarray], int]:
+def _load_data(prepared: Path, modules: list[str], batch_size: int,
+               depth: int) -> tuple[dict[str, np.ndarray], int]:
     """Training images per module, (N, s, s) float32 in [0, 1], and the side s."""
     read_manifest(prepared, "prepared")
     have = split_names(prepared)
@@ -111,10 +112,11 @@ def _load_data(prepared: Path, modules: list[str], batch_size: int) -> tuple[dic
         data["udm"] = np.concatenate([normal.images, unl])
     data = {m: data[m] for m in modules}
     size = normal.images.shape[-1]
-    if size % 16 or normal.images.shape[-2] != size:
+    if size % 2**depth or normal.images.shape[-2] != size:
         raise CxradError(
-            f"{prepared}: images are {normal.images.shape[-2]}x{size} px; the networks need a square side that is "
-            "a multiple of 16; re-run `cxrad prepare --size 64`."
+            f"{prepared}: images are {normal.images.shape[-2]}x{size} px; networks of depth {depth} need a square "
+            f"side that is a multiple of {2**depth}; re-run `cxrad prepare --size {max(2**depth, 64)}` or change "
+            "--depth."
         )
     for m, images in data.items():
         if len(images) < batch_size:
@@ -237,7 +239,7 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
     _check_amp(cfg, device)
     modules = _modules(cfg)
     jobs = _jobs(cfg, member)
-    data_np, size = _load_data(prepared, modules, cfg.batch_size)
+    data_np, size = _load_data(prepared, modules, cfg.batch_size, cfg.depth)
     config = run_config(cfg, prepared, size)
     digest = identity_digest(config)
     with contextlib.ExitStack() as members_held:
@@ -337,7 +339,7 @@ def _train_group(run: Path, prepared: Path, cfg: EnsembleConfig, config: dict, d
                  members: list[int], ckpts: list[dict] | None, data: torch.Tensor, device: torch.device) -> None:
     seeds = [config["seeds"][module][i] for i in members]
     arch = dict(size=config["image_size"], latent_dim=cfg.latent_dim, memory_items=cfg.memory_items,
-                shrink_threshold=cfg.shrink_threshold)
+                shrink_threshold=cfg.shrink_threshold, depth=cfg.depth)
     trainer = GroupTrainer(cfg.backbone, seeds, arch, cfg.lr, cfg.betas, cfg.weight_decay, device, ckpts, amp=cfg.amp,
                            ema_decay=cfg.ema_decay)
     loss_fn = losses.for_backbone(cfg.backbone, cfg.entropy_weight)
