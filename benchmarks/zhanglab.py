@@ -307,4 +307,9 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cxrad.errors import CxradError
+
+    try:
+        sys.exit(main())
+    except CxradError as exc:   # stopped (SIGTERM: checkpoint saved, same command resumes) or a bad input
+        sys.exit(f"zhanglab.py: {exc}")
