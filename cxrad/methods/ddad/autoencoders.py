@@ -24,9 +24,10 @@ import math
 import torch
 from torch import nn
 
+from cxrad.methods.ddad.config import DEPTHS, REFERENCE_DEPTH
+
 BACKBONES = ("ae", "memae", "aeu")
-DEPTH = 4                 # stride-2 stages of the reference
-DEPTHS = range(3, 8)      # what cxrad builds: bottleneck 64 channels from depth 3 on
+DEPTH = REFERENCE_DEPTH
 BOTTLENECK_CHANNELS = 64
 HIDDEN = 2048
 

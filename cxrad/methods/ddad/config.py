@@ -15,6 +15,8 @@ from cxrad.config import ConfigValueError, Device, StageConfig, added_field, at_
 
 Backbone = Literal["ae", "memae", "aeu"]
 RefineInputs = Literal["dual", "intra"]
+REFERENCE_DEPTH = 4         # stride-2 stages of the reference autoencoders (autoencoders.py)
+DEPTHS = range(3, 8)        # what cxrad builds: a 64-channel bottleneck from depth 3 on
 
 
 @dataclass
@@ -30,8 +32,9 @@ class EnsembleConfig(StageConfig):
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.0
     latent_dim: int = 16
-    depth: int = added_field(4)         # stride-2 stages per network: 4 (reference) at 64 px; 5 at 128 px keeps the
-                                        # 4 x 4 bottleneck (autoencoders.py); the image side must divide by 2^depth
+    depth: int = added_field(REFERENCE_DEPTH)  # stride-2 stages per network: 4 (reference) at 64 px; 5 at
+                                        # 128 px keeps the 4 x 4 bottleneck (autoencoders.py); the image side
+                                        # must divide by 2^depth
     memory_items: int = 25              # MemAE
     shrink_threshold: float = 0.0       # MemAE hard shrinkage; 0 disables (reference)
     entropy_weight: float = 0.0002      # MemAE attention-entropy loss weight
@@ -56,7 +59,7 @@ class EnsembleConfig(StageConfig):
         in_range(self, "lr", 0.0, float("inf"), lo_open=True)
         in_range(self, "ema_decay", 0.0, 1.0, hi_open=True)
         at_least(self, 0, "weight_decay", "shrink_threshold", "entropy_weight")
-        in_range(self, "depth", 3, 7)
+        in_range(self, "depth", DEPTHS.start, DEPTHS.stop - 1)
 
 
 @dataclass
