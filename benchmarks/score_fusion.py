@@ -42,7 +42,7 @@ def _read(spec: str, split: str) -> tuple[str, np.ndarray, np.ndarray, list[str]
     if not run or not name:
         sys.exit(f"{spec}: give RUN:SCORE, e.g. runs/ae-e30-a5-k3-s0:R_dual")
     maps = Path(run) / "maps"
-    target, normal = read_maps_h5(maps / f"{split}.h5"), read_maps_h5(maps / "normal.h5")
+    target, normal = (read_maps_h5(maps / f"{split}.h5", maps=False), read_maps_h5(maps / "normal.h5", maps=False))
     if name not in target.scored.scores or name not in normal.scored.scores:
         sys.exit(f"{spec}: no score {name} in {maps}; scored: {sorted(target.scored.scores)}")
     return (spec, np.asarray(target.scored.scores[name], np.float64),

@@ -69,6 +69,9 @@ def test_generic_stages_run_the_toy_method(toy_run, prepared_sample32, tmp_path)
     assert list(test.scored.maps) == ["D_mean"] and test.scored.maps["D_mean"].shape == (65, 32, 32)
     np.testing.assert_allclose(test.scored.maps["D_mean"], (images - mean) ** 2, atol=1e-3, rtol=1e-2)  # float16
     np.testing.assert_allclose(test.scored.scores["D_mean"], _d_mean(images, mean), rtol=1e-5)
+    scores_only = read_maps_h5(layout.maps_file("test"), maps=False)   # what score_fusion.py reads
+    assert scores_only.scored.maps == {} and scores_only.ids == test.ids
+    np.testing.assert_array_equal(scores_only.scored.scores["D_mean"], test.scored.scores["D_mean"])
 
     # evaluate: metrics of D_mean, recomputable from scores.csv
     metrics = evaluate(toy_run, EvaluateConfig(device="cpu"))

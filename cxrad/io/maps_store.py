@@ -56,10 +56,10 @@ def _open(path: Path):
     return open_h5(path, f"re-create it with `cxrad score {Path(path).parent.parent} --force`.")
 
 
-def read_maps_h5(path: Path) -> ScoredSplit:
-    """Read a split's maps (as float32) and scores."""
+def read_maps_h5(path: Path, *, maps: bool = True) -> ScoredSplit:
+    """Read a split's maps (as float32) and scores; ``maps=False``: the scores only (no map is read)."""
     with _open(path) as h5:
-        scored = ScoredImages({k: v[...].astype(np.float32) for k, v in members(h5["maps"])},
+        scored = ScoredImages({k: v[...].astype(np.float32) for k, v in members(h5["maps"])} if maps else {},
                               {k: v[...] for k, v in members(h5["scores"])})
         return ScoredSplit(scored, list(h5["ids"].asstr()[...]), h5["labels"][...], dict(h5.attrs))
 
