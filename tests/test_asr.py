@@ -131,3 +131,29 @@ def test_top_donors_keep_the_highest_maps_and_every_index_stays_valid():
     maps[0, 1] = 5000.0
     maps[:, 0] *= 0.001
     assert top_donors(maps, 0.1).tolist() == [0] * 10
+
+
+def test_channels_last_layout_changes_no_arithmetic():
+    """The NHWC ASR-Net gives the NCHW network's outputs and gradients (float rounding), and loads
+    a state dict written by the NCHW network (every asr.pt before the layout change)."""
+    torch.manual_seed(0)
+    net = ASRNet(2, hidden=16)
+    conv = net.body[3].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = torch.nn.Sequential(*[m for m in ASRNet(2, hidden=16).body])  # same architecture, NCHW
+    plain.to(memory_format=torch.contiguous_format)
+    plain.load_state_dict({k.removeprefix("body."): v.contiguous() for k, v in net.state_dict().items()})
+    assert plain[3].weight.is_contiguous()
+    x = torch.randn(4, 2, 20, 20)
+    mask = (torch.rand(4, 20, 20) > 0.8).long()
+    for m in (net, plain):
+        focal_loss(m(x), mask).backward()
+    assert torch.allclose(net(x), plain(x), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(net.body[3].weight.grad, plain[3].weight.grad, atol=1e-6, rtol=1e-4)
+    # an NCHW state dict (what older runs saved) loads and reproduces the outputs
+    old = ASRNet(2, hidden=16)
+    old.load_state_dict({f"body.{k}": v.contiguous() for k, v in plain.state_dict().items()})
+    assert old.body[3].weight.is_contiguous(memory_format=torch.channels_last)
+    net.eval(), old.eval()
+    with torch.no_grad():
+        assert torch.allclose(net(x), old(x), atol=1e-5, rtol=1e-4)  # BN stats: rounding apart

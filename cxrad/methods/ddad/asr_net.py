@@ -22,6 +22,12 @@ class ASRNet(nn.Module):
     """Conv3×3(in→c) → BN → ReLU → Conv3×3(c→c) → BN → ReLU → Conv3×3(c→2), padding 1.
 
     forward: (B, in, H, W) -> logits (B, 2, H, W); channel 1 of the softmax = anomaly probability.
+
+    Weights and activations are kept channels-last (NHWC): the 128→128 convolution is almost all of
+    the work, and oneDNN runs it ~1.1× (training) to ~1.4× (inference) faster in that layout on
+    CPU (benchmarks/asr_speed.py); cuDNN prefers it too. Only the memory layout changes, not the
+    arithmetic: outputs agree with the NCHW layout to float rounding, and state dicts load into
+    either layout.
     """
 
     def __init__(self, in_channels: int, hidden: int = 128):
@@ -31,9 +37,10 @@ class ASRNet(nn.Module):
             nn.Conv2d(hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
             nn.Conv2d(hidden, 2, 3, padding=1),
         )
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        return self.body(x.contiguous(memory_format=torch.channels_last))
 
 
 def anomaly_probability(logits: torch.Tensor) -> torch.Tensor:
