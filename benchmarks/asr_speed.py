@@ -99,7 +99,8 @@ def main() -> None:
     record = {"benchmark": "asr_speed", "device": device_name(device), "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "size": args.size, "steps": args.steps,
               "train_batch": TRAIN_BATCH, "inference_batch": INFER_BATCH, "torch": torch.__version__,
-              "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timing_note": args.note, "rows": rows}
+              "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timing_note": args.note,
+              "rows": rows}
     tag = device.type if device.type == "cuda" else f"cpu-{torch.get_num_threads()}-threads"
     out = args.results / f"asr_speed-{tag}.json"
     args.results.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@
 #                      stopped at its limit it reports how far it got
 #   3. train-speed     ensemble seconds/epoch: batched K members vs one member at a time vs a textbook
 #                      loop, AE and AE-U (benchmarks/train_speed.py)
-#   4. zhanglab-amp    step 1 again with bf16 autocast in the ensembles: speed-up and AUC difference
+#   4. zhanglab-amp    step 1 again with bf16 autocast in the ensembles and ASR-Net: speed-up and AUC difference
 # then summary.md: wall time per step, AUC of every score, bf16 - fp32 AUC difference.
 #
 # Files under $OUT: device_check.log (every step's output), steps.jsonl (step, exit code, seconds),
@@ -52,7 +52,7 @@ else
     ZL=(--epochs 1 --asr-epochs 1 --batch-size 16)
     SIMSID=(--size 64 --epochs 1 --seeds 0 --batch-size 8)
     SPEED=(--epochs 1 --batch-size 8 --backbones ae)
-    LIMIT_ZL=300 LIMIT_SIMSID=300 LIMIT_SPEED=300 LIMIT_AMP=0   # bf16 autocast is CUDA only
+    LIMIT_ZL=300 LIMIT_SIMSID=300 LIMIT_SPEED=300 LIMIT_AMP=300
 fi
 
 # cxrad itself: the checkout, plus wheels carried in .whl/ (packages the machine lacks)
@@ -95,7 +95,7 @@ PREPARED=$WORK/prepared/$([ "$MODE" = full ] && echo zhanglab-ocssl || echo labe
 step train-speed "$LIMIT_SPEED" "$PY" benchmarks/train_speed.py "${SPEED[@]}" --device "$DEVICE" \
     --from-prepared "$PREPARED" --results "$OUT"
 step zhanglab-amp "$LIMIT_AMP" "$PY" benchmarks/zhanglab.py "${ZL[@]}" "${DATA[@]}" --backbone ae --seed 0 \
-    --refine-inputs dual --device "$DEVICE" --workdir "$WORK" --results "$OUT" --amp
+    --refine-inputs dual --log-epoch-auc --device "$DEVICE" --workdir "$WORK" --results "$OUT" --amp   # as step 1
 
 "$PY" benchmarks/device_summary.py "$OUT" >"$OUT/summary.md" 2>>"$LOG"
 echo "device check ($MODE) finished; figures in $OUT" | tee -a "$LOG"

@@ -42,8 +42,10 @@ def summarize(out: Path) -> str:
     bf16 = next((r for r in runs if r.get("amp")), None)
     if fp32 and bf16:
         diff = {k: bf16["auc"][k] - fp32["auc"][k] for k in fp32["auc"] if k in bf16["auc"]}
-        speed = fp32["timings_s"]["train-ensemble"] / max(bf16["timings_s"]["train-ensemble"], 1e-9)
-        md += ["", f"bf16 − fp32 AUC (points): {_fmt(diff)}; ensemble speed-up with bf16: {speed:.2f}×"]
+        speed = {stage: fp32["timings_s"][stage] / max(bf16["timings_s"][stage], 1e-9)
+                 for stage in ("train-ensemble", "refine-dual")}
+        md += ["", f"bf16 − fp32 AUC (points): {_fmt(diff)}; speed-up with bf16: ensembles "
+                   f"{speed['train-ensemble']:.2f}×, ASR-Net {speed['refine-dual']:.2f}×"]
 
     simsid = _lines(out / "simsid.jsonl")
     if simsid:

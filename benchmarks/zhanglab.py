@@ -59,7 +59,8 @@ def main(argv=None) -> int:
                     help="stride-2 stages per autoencoder (4: reference; 5 at --size 128 keeps the 4 x 4 bottleneck)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--amp", action="store_true", help="bf16 mixed precision for the ensembles (CUDA only)")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast of the training forward passes, ensembles "
+                    "and ASR-Net (changes results; fast on GPUs and on CPUs with AMX or AVX512-BF16)")
     ap.add_argument("--batch-size", type=int, default=64, help="ensemble batch size (default: the paper's 64)")
     ap.add_argument("--independent-init", action="store_true",
                     help="UDM members start independently of the NDM members (the reference; cxrad pairs them)")
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
                                    device=args.device, amp=args.amp, batch_size=args.batch_size, depth=args.depth,
                                    paired_init=not args.independent_init, ema_decay=ens_ema),
         "synth": SynthConfig(epochs=asr_epochs, seed=args.seed),
-        "refine": RefineConfig(epochs=asr_epochs, seed=args.seed, device=args.device),
+        "refine": RefineConfig(epochs=asr_epochs, seed=args.seed, device=args.device, amp=args.amp),
         "score": ScoreConfig(split="test", device=args.device),
         "evaluate": EvaluateConfig(device=args.device),
     }

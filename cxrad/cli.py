@@ -31,6 +31,8 @@ app = typer.Typer(
 PREPARE, ENSEMBLE, SCORE, SYNTH = PrepareConfig(), EnsembleConfig(), ScoreConfig(), SynthConfig()
 REFINE, EVALUATE, PREDICT = RefineConfig(), EvaluateConfig(), PredictConfig()
 COMPARE = CompareConfig()
+AMP_HELP = ("bf16 autocast of the training forward pass (off by default; changes results; fast on GPUs and on CPUs "
+            "with AMX or AVX512-BF16, slower than fp32 on other CPUs).")
 
 
 def _version_callback(value: bool) -> None:
@@ -170,7 +172,7 @@ def train_ensemble(
     member: Optional[int] = typer.Option(None, "--member", help="Train only member i (one process per member; "
                                          "default under SLURM: from SLURM_ARRAY_TASK_ID)."),
     device: str = typer.Option(ENSEMBLE.device, "--device", help="auto | cpu | cuda | cuda:N"),
-    amp: bool = typer.Option(ENSEMBLE.amp, "--amp/--no-amp", help="bf16 mixed precision (CUDA only; off by default)."),
+    amp: bool = typer.Option(ENSEMBLE.amp, "--amp/--no-amp", help=AMP_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoints."),
     force: bool = typer.Option(False, "--force", help="Retrain finished members / replace a different run."),
 ) -> None:
@@ -257,6 +259,7 @@ def refine(
                                          help="Map-space FPI: blend only from this fraction of the unlabelled donor "
                                               "images, those with the highest input maps (1: all)."),
     device: str = typer.Option(REFINE.device, "--device", help="auto | cpu | cuda | cuda:N"),
+    amp: bool = typer.Option(REFINE.amp, "--amp/--no-amp", help=AMP_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/refine/<inputs>/checkpoint.ckpt."),
     force: bool = typer.Option(False, "--force"),
 ) -> None:
@@ -264,7 +267,8 @@ def refine(
     from cxrad.methods.ddad.refine import refine as run_refine
 
     cfg = RefineConfig(inputs=inputs, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, normalize=normalize,
-                       ema_decay=ema_decay, precise_bn=precise_bn, donor_fraction=donor_fraction, device=device)
+                       ema_decay=ema_decay, precise_bn=precise_bn, donor_fraction=donor_fraction, device=device,
+                       amp=amp)
     typer.echo(run_refine(run, cfg, resume=resume, force=force))
 
 

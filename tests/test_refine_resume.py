@@ -151,3 +151,31 @@ def test_donor_fraction_leaves_image_space_recipes_as_written(run, tmp_path, cap
     every = refine(run, dataclasses.replace(CFG, epochs=1, donor_fraction=1.0), synth=synth, out=tmp_path / "all")
     a, b = _state_dict(half), _state_dict(every)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_amp_trains_asr_net_in_bf16_and_keeps_fp32_statistics(run, uninterrupted, tmp_path, monkeypatch):
+    """--amp: the training forward pass yields bf16 logits (autocast on the CPU too), the loss and
+    precise BN stay fp32, the result is a different model, and it is recorded in the identity;
+    without --amp the identity has no `amp` key, so runs from before the option keep theirs."""
+    from cxrad.config import identity
+
+    seen = {"logits": set(), "bn_autocast": []}
+    real_loss, real_bn = refine_mod.focal_loss, refine_mod.precise_bn
+
+    def loss_spy(logits, mask, gamma):
+        seen["logits"].add(logits.dtype)
+        return real_loss(logits, mask, gamma)
+
+    def bn_spy(net, inputs):
+        seen["bn_autocast"].append(torch.is_autocast_enabled("cpu"))
+        return real_bn(net, inputs)
+
+    monkeypatch.setattr(refine_mod, "focal_loss", loss_spy)
+    monkeypatch.setattr(refine_mod, "precise_bn", bn_spy)
+    out = refine(run, dataclasses.replace(CFG, amp=True), out=tmp_path / "dual")
+    assert seen["logits"] == {torch.bfloat16} and seen["bn_autocast"] == [False]
+    sd = _state_dict(out)
+    assert all(v.dtype != torch.bfloat16 and torch.isfinite(v.float()).all() for v in sd.values())
+    assert any(not torch.equal(sd[k], uninterrupted[k]) for k in sd)
+    assert json.loads((out / MANIFEST).read_text())["config"]["amp"] is True
+    assert "amp" not in identity(CFG) and identity(dataclasses.replace(CFG, amp=True))["amp"] is True

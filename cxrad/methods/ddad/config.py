@@ -49,7 +49,8 @@ class EnsembleConfig(StageConfig):
                                         # step's weights
     checkpoint_every: int = operational(10)  # epochs between checkpoints
     device: Device = operational("auto")
-    amp: bool = False                   # bf16 autocast of the forward pass; CUDA only (changes results)
+    amp: bool = False                   # bf16 autocast of the training forward pass (changes results; fast on
+                                        # GPUs and on CPUs with AMX or AVX512-BF16, slow on other CPUs)
 
     def check(self) -> None:
         if self.members < 2:
@@ -124,6 +125,9 @@ class RefineConfig(StageConfig):
     precise_bn: bool = True             # recompute BatchNorm statistics of the kept weights over one
                                         # full synthetic epoch (the running stats of batch-8 training are
                                         # those of the last ~10 batches)
+    amp: bool = added_field(False)      # bf16 autocast of ASR-Net's training forward pass (changes results;
+                                        # fast on GPUs and on CPUs with AMX or AVX512-BF16); BN statistics
+                                        # and scoring stay fp32
 
     def check(self) -> None:
         at_least(self, 1, "epochs", "batch_size", "hidden_channels", "checkpoint_every")

@@ -71,6 +71,7 @@ class ASRTrainer:
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                     weight_decay=cfg.weight_decay)
         self.ema = copy.deepcopy(self.net) if cfg.ema_decay > 0 else None
+        self.device_type = device.type
         self.epoch, self.step = 0, 0
         self.log: list[dict[str, Any]] = []
 
@@ -80,7 +81,9 @@ class ASRTrainer:
         self.net.train()
         losses = []
         for x, mask in self.batches(self.epoch, recipes, cfg.batch_size):
-            loss = focal_loss(self.net(x), mask, cfg.focal_gamma)
+            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = self.net(x)
+            loss = focal_loss(logits, mask, cfg.focal_gamma)  # in float32 (it casts the logits)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -94,7 +97,10 @@ class ASRTrainer:
         return [mean]
 
     def kept_model(self) -> nn.Module:
-        """The model to keep after the epochs done so far, in eval mode (EMA + precise BN)."""
+        """The model to keep after the epochs done so far, in eval mode (EMA + precise BN).
+
+        Precise BN runs in fp32 even with ``amp``: the statistics must be those of the fp32 forward
+        pass that scoring uses."""
         model = copy.deepcopy(self.ema if self.ema is not None else self.net)
         if self.cfg.precise_bn:  # over the last epoch's inputs, as training saw them
             last = self.epoch - 1

@@ -65,11 +65,6 @@ def _modules(cfg: EnsembleConfig) -> list[str]:
     return list(MODULES) if cfg.module == "both" else [cfg.module]
 
 
-def _check_amp(cfg: EnsembleConfig, device: torch.device) -> None:
-    if cfg.amp and device.type != "cuda":
-        raise CxradError(f"--amp: mixed precision is only supported on CUDA (device is {device}); drop --amp.")
-
-
 def _jobs(cfg: EnsembleConfig, member: int | None) -> list[tuple[str, int]]:
     """(module, member) pairs this process trains: all, `--member i`, or its SLURM array task."""
     modules = _modules(cfg)
@@ -236,7 +231,6 @@ def train_ensemble(prepared: Path, run: Path, cfg: EnsembleConfig, member: int |
         raise CxradError("--resume and --force exclude each other: --resume continues a run, --force restarts it.")
     cfg.validate()
     device = resolve_device(cfg.device)
-    _check_amp(cfg, device)
     modules = _modules(cfg)
     jobs = _jobs(cfg, member)
     data_np, size = _load_data(prepared, modules, cfg.batch_size, cfg.depth)

@@ -54,8 +54,8 @@ class GroupTrainer:
                  device: torch.device, checkpoints: Sequence[dict] | None = None, amp: bool = False,
                  ema_decay: float = 0.0):
         self.backbone, self.seeds, self.device = backbone, list(seeds), device
-        # bf16 autocast of the forward pass (CUDA only); losses are computed in float32.
-        self.amp = amp and device.type == "cuda"
+        # bf16 autocast of the forward pass (CUDA or CPU); losses are computed in float32.
+        self.amp = bool(amp)
         k = len(self.seeds)
         if checkpoints is None:
             size = arch["size"]
@@ -93,7 +93,7 @@ class GroupTrainer:
         for j in range(steps):
             idx = perms[:, j * batch_size:(j + 1) * batch_size].t()       # (B, K)
             xk = data[idx]                                                  # (B, K, s, s)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = self.model.forward_batches(xk)
             if self.amp:
                 out = {key: v.float() for key, v in out.items()}
@@ -122,8 +122,8 @@ class GroupTrainer:
         """
         if self.ema is None:
             return self.model.eval()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            return precise_bn(self.ema, full_batches(data, batch_size))
+        # fp32 even with amp: scoring runs the kept weights in fp32, so must their BN statistics
+        return precise_bn(self.ema, full_batches(data, batch_size))
 
     # ------------------------------------------------------------------------------------------
     def member_checkpoint(self, i: int) -> dict:
