@@ -3,6 +3,8 @@
 Three ways to train the same K networks for one epoch each:
   batched    cxrad: one batched model of K members, data on the device, index batches
   per-member cxrad: the same trainer with K = 1, members one after another (`--member i`)
+  batched-bf16  (only when asked: --methods batched,batched-bf16) the batched model under bf16
+             autocast (`--amp`), on a GPU or a CPU with AMX / AVX512-BF16
   plain      a textbook loop: torch DataLoader over a Dataset of per-image tensors (default
              collate, shuffle, batch 64, drop_last), nn.Module AE, torch.optim.Adam defaults
              (betas as the reference), one model after another
@@ -93,7 +95,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure_cxrad(images, backbone: str, members_per_model: int, epochs: int, device) -> float:
+def measure_cxrad(images, backbone: str, members_per_model: int, epochs: int, device, amp: bool = False) -> float:
     """Seconds per epoch for K members, trained ``members_per_model`` at a time."""
     import torch
 
@@ -106,7 +108,7 @@ def measure_cxrad(images, backbone: str, members_per_model: int, epochs: int, de
     total = 0.0
     for first in range(0, K, members_per_model):
         seeds = list(range(first, first + members_per_model))
-        trainer = GroupTrainer(backbone, seeds, arch, 5e-4, (0.5, 0.999), 0.0, device)
+        trainer = GroupTrainer(backbone, seeds, arch, 5e-4, (0.5, 0.999), 0.0, device, amp=amp)
         trainer.run_epoch(data[: WARMUP_STEPS * BATCH], BATCH, loss_fn)
         _sync(device)
         t0 = time.perf_counter()
@@ -198,8 +200,8 @@ def child(args) -> None:
     result = {}
     for module in ("ndm", "udm"):
         _peak_reset(device)
-        if args.method == "batched":
-            s = measure_cxrad(images[module], args.backbone, K, args.epochs, device)
+        if args.method in ("batched", "batched-bf16"):
+            s = measure_cxrad(images[module], args.backbone, K, args.epochs, device, amp=args.method != "batched")
         elif args.method == "per-member":
             s = measure_cxrad(images[module], args.backbone, 1, args.epochs, device)
         else:
@@ -239,6 +241,10 @@ def main() -> None:
     if args.method:
         return child(args)
 
+    unknown = set(args.methods.split(",")) - {"batched", "per-member", "plain", "batched-bf16", ""}
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(sorted(unknown))}; choose from batched, per-member, plain, "
+                 "batched-bf16")
     if args.from_prepared:
         prepared, how = args.from_prepared, f"prepared folder {args.from_prepared}"
     else:
@@ -262,20 +268,28 @@ def main() -> None:
                              "load_avg_1m_before": round(load0, 2)})
                 print(f"{backbone:4} {module} {method:10} {r['s_per_epoch']:8.2f} s/epoch  "
                       f"{r['images_per_s']:8.0f} img/s  peak {r['peak_mb']:7.0f} MB", flush=True)
-    for backbone in args.backbones.split(","):
-        for module in ("ndm", "udm"):
-            t = {r["method"]: r["s_per_epoch"] for r in rows if r["backbone"] == backbone and r["module"] == module}
-            if "batched" in t and "plain" in t:
-                print(f"{backbone:4} {module} batched / plain = {t['batched'] / t['plain']:.2f}")
+    print_ratios(rows, args.backbones.split(","))
     full = None
     if args.full_epochs:
         full = time_full_stage(prepared, args)
         print(f"stage end to end: NDM + UDM, K=3, AE, {args.full_epochs} epochs: {full['wall_s']:.1f} s wall",
               flush=True)
-    if (args.methods != "batched,per-member,plain" or args.backbones != "ae,aeu") and args.results == RESULTS:
+    if (args.methods not in ("batched,per-member,plain", "batched,per-member,plain,batched-bf16")
+            or args.backbones != "ae,aeu") and args.results == RESULTS:
         print("partial run: results not written to benchmarks/results (name another folder with --results)")
         return
     write_results(args, device, how, rows, full)
+
+
+def print_ratios(rows: list[dict], backbones: list[str]) -> None:
+    """batched / plain time and the bf16 speed-up, per backbone and module, where both were measured."""
+    for backbone in backbones:
+        for module in ("ndm", "udm"):
+            t = {r["method"]: r["s_per_epoch"] for r in rows if r["backbone"] == backbone and r["module"] == module}
+            if "batched" in t and "plain" in t:
+                print(f"{backbone:4} {module} batched / plain = {t['batched'] / t['plain']:.2f}")
+            if "batched" in t and "batched-bf16" in t:
+                print(f"{backbone:4} {module} bf16 speed-up = {t['batched'] / t['batched-bf16']:.2f}x")
 
 
 def write_results(args, device: str, how: str, rows: list[dict], full: dict | None) -> None:

@@ -57,6 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=64, help="image side in px (default: the benchmark's 64)")
     ap.add_argument("--depth", type=int, default=4,
                     help="stride-2 stages per autoencoder (4: reference; 5 at --size 128 keeps the 4 x 4 bottleneck)")
+    ap.add_argument("--intensity", choices=("minmax", "percentile"), default="minmax",
+                    help="per-image intensity scaling at prepare (cxrad prepare --intensity; default: minmax)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast of the training forward passes, ensembles "
@@ -89,7 +91,8 @@ def main(argv=None) -> int:
     args.refine_inputs = [m for m in args.refine_inputs.split(",") if m]
     if args.val_normals != "auto" and not args.val_normals.isdigit():
         ap.error("--val-normals: a count or auto")
-    val_tag = "" if args.val_normals == "0" else f"-v{args.val_normals}"
+    val_tag = ("" if args.val_normals == "0" else f"-v{args.val_normals}") + \
+        ("-pct" if args.intensity == "percentile" else "")
     args.val_normals = None if args.val_normals == "auto" else int(args.val_normals)
     if not args.refine_inputs or set(args.refine_inputs) - {"dual", "intra"}:
         ap.error("--refine-inputs: a comma-separated list of dual and intra")
@@ -114,7 +117,8 @@ def main(argv=None) -> int:
                                    + ("-indep" if args.independent_init else "")
                                    + (f"-ema{ens_ema:g}" if ens_ema != EnsembleConfig.ema_decay else ""))
     cfgs = {
-        "prepare": PrepareConfig(size=args.size, workers=max(1, args.threads), val_normals=args.val_normals),
+        "prepare": PrepareConfig(size=args.size, workers=max(1, args.threads), val_normals=args.val_normals,
+                                 intensity=args.intensity),
         "ensemble": EnsembleConfig(backbone=args.backbone, members=args.members, epochs=epochs, seed=args.seed,
                                    device=args.device, amp=args.amp, batch_size=args.batch_size, depth=args.depth,
                                    paired_init=not args.independent_init, ema_decay=ens_ema),
@@ -236,6 +240,7 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         "refine_inputs": args.refine_inputs, "amp": cfgs["ensemble"].amp,
         "batch_size": cfgs["ensemble"].batch_size, "paired_init": cfgs["ensemble"].paired_init,
         "ensemble_ema_decay": cfgs["ensemble"].ema_decay, "labels": args.labels.name,
+        "intensity": cfgs["prepare"].intensity,
         "val_normals": "auto" if args.val_normals is None else args.val_normals,
         "split_sizes": _split_sizes(prepared),
         "device": dev_name, "host": platform.node(), "threads": args.threads, "commit": git_commit(),
