@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-MAPS = ("A_inter", "A_intra")
+from cxrad.methods.ddad.asr_net import INPUT_CHANNELS
+
+MAPS = INPUT_CHANNELS["dual"]  # the channels refine ranks donors by, in its order
 
 
 def group_means(scores: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:

@@ -39,6 +39,8 @@ SPLIT_CSV = SPLITS / "zhanglab-ocssl.csv"
 CACHE = REPO / "cxrad-work" / "benchmarks" / "zhanglab-ocssl-64"  # git-ignored
 K = 3
 BATCH = 64
+DEFAULT_METHODS = ("batched", "per-member", "plain")
+METHODS = (*DEFAULT_METHODS, "batched-bf16")   # batched-bf16 only when asked
 WARMUP_STEPS = 3
 
 
@@ -224,7 +226,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast in the --full-epochs run (CUDA only)")
     ap.add_argument("--backbones", default="ae,aeu")
-    ap.add_argument("--methods", default="batched,per-member,plain")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--full-epochs", type=int, default=0,
                     help="also time the real stage end to end: NDM + UDM, K=3, AE, this many epochs "
                          "(GPU acceptance: 250)")
@@ -241,10 +243,9 @@ def main() -> None:
     if args.method:
         return child(args)
 
-    unknown = set(args.methods.split(",")) - {"batched", "per-member", "plain", "batched-bf16", ""}
+    unknown = set(args.methods.split(",")) - {*METHODS, ""}
     if unknown:
-        ap.error(f"--methods: unknown {', '.join(sorted(unknown))}; choose from batched, per-member, plain, "
-                 "batched-bf16")
+        ap.error(f"--methods: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     if args.from_prepared:
         prepared, how = args.from_prepared, f"prepared folder {args.from_prepared}"
     else:
@@ -274,7 +275,7 @@ def main() -> None:
         full = time_full_stage(prepared, args)
         print(f"stage end to end: NDM + UDM, K=3, AE, {args.full_epochs} epochs: {full['wall_s']:.1f} s wall",
               flush=True)
-    if (args.methods not in ("batched,per-member,plain", "batched,per-member,plain,batched-bf16")
+    if (args.methods not in (",".join(DEFAULT_METHODS), ",".join(METHODS))
             or args.backbones != "ae,aeu") and args.results == RESULTS:
         print("partial run: results not written to benchmarks/results (name another folder with --results)")
         return
