@@ -35,3 +35,18 @@ def data_file(relative: Path, explicit_root: Path | None = None) -> Path:
     if not path.exists():
         sys.exit(f"{path}: missing; CXRAD_DATA must hold {relative} (docs/benchmarks.md).")
     return path
+
+
+def add_intensity_option(ap) -> None:
+    """``--intensity`` for a benchmark that prepares its own data: the default is `cxrad prepare`'s."""
+    from cxrad.config import PrepareConfig
+
+    ap.add_argument("--intensity", choices=("minmax", "percentile"), default=PrepareConfig.intensity,
+                    help="per-image intensity scaling at prepare (cxrad prepare --intensity; default: "
+                         f"{PrepareConfig.intensity}). Records without an 'intensity' field used minmax.")
+
+
+def intensity_tag(intensity: str) -> str:
+    """Suffix of prepared-folder and run names: '' for minmax (the names every record before the
+    percentile default used), '-pct' for percentile, so the two preparations never share a folder."""
+    return "-pct" if intensity == "percentile" else ""

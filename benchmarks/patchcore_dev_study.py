@@ -22,7 +22,7 @@ import resource
 import time
 from pathlib import Path
 
-from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
+from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, add_intensity_option, data_file, intensity_tag
 
 
 def main(argv=None) -> int:
@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    add_intensity_option(ap)
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     source = data_file(KERMANY_224, args.data)
@@ -48,8 +49,9 @@ def main(argv=None) -> int:
     from cxrad.stages.prepare import prepare
 
     labels_csv = SPLITS / "zhanglab-dev.csv"
-    prepared = args.workdir / "prepared" / "zhanglab-dev-224"
-    prepare(source, prepared, PrepareConfig(size=224, workers=1, val_normals=0), labels=labels_csv)
+    prepared = args.workdir / "prepared" / f"zhanglab-dev-224{intensity_tag(args.intensity)}"
+    prepare(source, prepared, PrepareConfig(size=224, workers=1, val_normals=0, intensity=args.intensity),
+            labels=labels_csv)
     cfg = PatchCoreConfig(seed=args.seed).validate()
     t0 = time.perf_counter()
     trainer = PatchCoreTrainer(FitContext(prepared, args.workdir, torch.device("cpu"), cfg))
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     rows, cols = argmax // gw, argmax % gw
     on_edge = ((rows < 2) | (rows >= gh - 2) | (cols < 2) | (cols >= gw - 2)).float()
     record = {
-        "benchmark": "ZhangLab-dev-224", "method": "patchcore", "seed": args.seed,
+        "benchmark": "ZhangLab-dev-224", "method": "patchcore", "seed": args.seed, "intensity": args.intensity,
         "config": {k: v for k, v in vars(cfg).items() if k != "device"},
         "auc": {n: round(100 * auc(y, s.numpy()), 2) for n, s in scores.items()},
         "ap": {n: round(100 * average_precision(y, s.numpy()), 2) for n, s in scores.items()},

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
+from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, add_intensity_option, data_file, intensity_tag
 from bench_record import git_commit, peak_rss_mb, percent
 
 
@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2 (one process each)")
     ap.add_argument("--size", type=int, default=224, help="prepared image size")
+    add_intensity_option(ap)
     ap.add_argument("--coreset-ratio", type=float, help="default: PatchCoreConfig's")
     ap.add_argument("--backbone", default="efficientnet-lite0")
     ap.add_argument("--device", default="auto")
@@ -79,9 +80,10 @@ def run_one(args, seed: int) -> dict:
     device = resolve_device(args.device)
     cfg = PatchCoreConfig(backbone=args.backbone, seed=seed, device=args.device,
                           **({"coreset_ratio": args.coreset_ratio} if args.coreset_ratio is not None else {}))
-    prepared = args.workdir / "prepared" / f"{args.labels.stem}-{args.size}"
+    tag = intensity_tag(args.intensity)
+    prepared = args.workdir / "prepared" / f"{args.labels.stem}-{args.size}{tag}"
     run = args.workdir / "runs" / f"patchcore-{args.backbone.replace('efficientnet-', '')}-{args.size}-" \
-                                  f"c{cfg.coreset_ratio:g}-s{seed}"
+                                  f"c{cfg.coreset_ratio:g}-s{seed}{tag}"
     timings: dict[str, float] = {}
 
     def timed(name, fn):
@@ -91,8 +93,8 @@ def run_one(args, seed: int) -> dict:
         print(f"[seed {seed}] {name}: {timings[name]:.1f} s", flush=True)
         return out
 
-    timed("prepare", lambda: prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, val_normals=0),
-                                      labels=args.labels))
+    timed("prepare", lambda: prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, val_normals=0,
+                                                                   intensity=args.intensity), labels=args.labels))
     timed("fit", lambda: fit(prepared, run, "patchcore", cfg))   # a no-op when the run holds this model
     timed("score", lambda: score(run, ScoreConfig(split="test", device=args.device), force=True))
     metrics = timed("evaluate", lambda: evaluate(run, EvaluateConfig(device=args.device), force=True))
@@ -104,7 +106,7 @@ def run_one(args, seed: int) -> dict:
     return {
         "benchmark": f"ZhangLab-OCSSL-{args.size}", "method": "patchcore", "seed": seed,
         "config": {k: v for k, v in vars(cfg).items() if k not in ("device",)},
-        "labels": args.labels.name, "device": device_name(device), "host": platform.node(),
+        "intensity": args.intensity, "labels": args.labels.name, "device": device_name(device), "host": platform.node(),
         "threads": args.threads, "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": str(run),
         "auc": round(100 * s["auc"], 2), "ap": round(100 * s["ap"], 2),

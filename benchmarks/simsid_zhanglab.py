@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
+from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, add_intensity_option, data_file, intensity_tag
 from bench_record import git_commit, peak_rss_mb, percent
 
 
@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2 (one process each)")
     ap.add_argument("--size", type=int, default=64, help="prepared image size = SimSID's size (64 or 128)")
+    add_intensity_option(ap)
     ap.add_argument("--epochs", type=int, default=2, help="training epochs (official: 1000)")
     ap.add_argument("--batch-size", type=int, help="default: SimSIDConfig's (16)")
     ap.add_argument("--device", default="auto")
@@ -75,6 +76,7 @@ def run_one(args, seed: int) -> dict:
     from cxrad.config import EvaluateConfig, PrepareConfig, ScoreConfig
     from cxrad.devices import device_name, resolve_device
     from cxrad.errors import CxradError
+    from cxrad.io.store import preprocessing_of
     from cxrad.layout import MODEL_CHECKPOINT, RunLayout
     from cxrad.methods.fitting import fit
     from cxrad.methods.simsid.config import SimSIDConfig
@@ -85,8 +87,11 @@ def run_one(args, seed: int) -> dict:
     device = resolve_device(args.device)
     cfg = SimSIDConfig(size=args.size, epochs=args.epochs, seed=seed, device=args.device,
                        **({"batch_size": args.batch_size} if args.batch_size else {})).validate()
-    prepared = args.prepared or args.workdir / "prepared" / f"{args.labels.stem}-{args.size}"
-    run = args.workdir / "runs" / f"simsid-{args.size}-e{args.epochs}-b{cfg.batch_size}-s{seed}"
+    # with --prepared, the folder's own scaling names the run and the record, whatever --intensity says
+    intensity = preprocessing_of(args.prepared)["intensity"] if args.prepared else args.intensity
+    tag = intensity_tag(intensity)
+    prepared = args.prepared or args.workdir / "prepared" / f"{args.labels.stem}-{args.size}{tag}"
+    run = args.workdir / "runs" / f"simsid-{args.size}-e{args.epochs}-b{cfg.batch_size}-s{seed}{tag}"
     timings: dict[str, float] = {}
 
     def timed(name, fn):
@@ -98,11 +103,12 @@ def run_one(args, seed: int) -> dict:
             print(f"[seed {seed}] {name}: {timings[name]:.1f} s", flush=True)
 
     if args.prepared is None:   # a no-op when the folder already holds this preparation
-        timed("prepare", lambda: prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, val_normals=0),
-                                          labels=args.labels))
+        timed("prepare", lambda: prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, val_normals=0,
+                                                                       intensity=args.intensity), labels=args.labels))
     ckpt = RunLayout(run).model / MODEL_CHECKPOINT
     record = {"benchmark": f"ZhangLab-OCSSL-{args.size}", "method": "simsid", "seed": seed,
               "config": {k: v for k, v in vars(cfg).items() if k != "device"},
+              "intensity": intensity,
               "labels": args.labels.name, "device": device_name(device), "host": platform.node(),
               "threads": args.threads, "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "run": str(run), "protocol": "train on Dn only, last epoch kept, no labelled selection"}

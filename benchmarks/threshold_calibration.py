@@ -23,7 +23,7 @@ import platform
 import time
 from pathlib import Path
 
-from bench_data import KERMANY_224, RESULTS, data_file  # benchmarks/ is the script dir
+from bench_data import KERMANY_224, RESULTS, add_intensity_option, data_file, intensity_tag  # the script dir
 from bench_record import git_commit
 
 KERMANY_LABELS = KERMANY_224.parent / "labels.csv"   # part of the data release, next to the tar
@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--normal-count", type=int, default=800)
     ap.add_argument("--val-normals", type=int, default=200)
+    add_intensity_option(ap)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--asr-epochs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
@@ -60,10 +61,12 @@ def main(argv=None) -> int:
     from cxrad.stages.prepare import prepare
     from cxrad.stages.score import score
 
-    prepared = args.workdir / "prepared" / f"kermany-n{args.normal_count}-v{args.val_normals}-s{args.seed}"
-    run = args.workdir / "runs" / f"ae-e{args.epochs}-a{args.asr_epochs}-s{args.seed}"
+    tag = intensity_tag(args.intensity)
+    prepared = args.workdir / "prepared" / f"kermany-n{args.normal_count}-v{args.val_normals}-s{args.seed}{tag}"
+    run = args.workdir / "runs" / f"ae-e{args.epochs}-a{args.asr_epochs}-s{args.seed}{tag}"
     pcfg = PrepareConfig(size=64, workers=max(1, args.threads), normal_count=args.normal_count,
-                         unlabeled_count=853, anomaly_rate=0.6, val_normals=args.val_normals, seed=args.seed)
+                         unlabeled_count=853, anomaly_rate=0.6, val_normals=args.val_normals, seed=args.seed,
+                         intensity=args.intensity)
     t0 = time.perf_counter()
     prepare(args.source, prepared, pcfg, labels=args.labels)
     train_ensemble(prepared, run, EnsembleConfig(epochs=args.epochs, seed=args.seed))

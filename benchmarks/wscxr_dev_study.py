@@ -23,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
+from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, add_intensity_option, data_file, intensity_tag
 
 
 def _trunk(strides):
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shots", default="4,16")
+    add_intensity_option(ap)
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     source = data_file(KERMANY_224, args.data)
@@ -72,8 +73,9 @@ def main(argv=None) -> int:
             return side, side
 
     shots = [int(k) for k in args.shots.split(",")]
-    prepared = args.workdir / "prepared" / f"zhanglab-dev-224-anomalies{max(shots)}"
-    prepare(source, prepared, PrepareConfig(size=224, workers=1, anomaly_shots=max(shots), val_normals=0),
+    prepared = args.workdir / "prepared" / f"zhanglab-dev-224-anomalies{max(shots)}{intensity_tag(args.intensity)}"
+    prepare(source, prepared, PrepareConfig(size=224, workers=1, anomaly_shots=max(shots), val_normals=0,
+                                          intensity=args.intensity),
             labels=SPLITS / "zhanglab-dev.csv", anomalies=SPLITS / "zhanglab-fewshot-anomalies.csv")
     normal = load_split(prepared, "normal").images
     test = load_split(prepared, "test")
@@ -97,7 +99,8 @@ def main(argv=None) -> int:
                     losses = trainer.run_epoch()
                 with torch.no_grad():
                     out = trainer.model(ft.reshape(-1, ft.shape[-1])).reshape(len(ft), -1)
-                rec = {"study": "wscxr dev split", "features": name, "grid": list(ex.grid()), "shots": k,
+                rec = {"study": "wscxr dev split", "intensity": args.intensity, "features": name,
+                       "grid": list(ex.grid()), "shots": k,
                        "mining_fraction": fraction, "prototypes": len(protos), "final_loss": losses[0],
                        "train_s": round(time.perf_counter() - t1, 1), "extract_s": extract_s}
                 for agg, s in (("max", out.amax(1)), ("mean", out.mean(1))):

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
+from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, add_intensity_option, data_file, intensity_tag
 from bench_record import git_commit, peak_rss_mb, percent
 
 
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shots", default="2,4,8,16", help="K values (each <= the CSV's 16 rows)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--size", type=int, default=224, help="prepared image size (as benchmarks/patchcore_zhanglab.py)")
+    add_intensity_option(ap)
     ap.add_argument("--epochs", type=int, help="default: WSCXRConfig's")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1,
@@ -78,9 +79,11 @@ def main(argv=None) -> int:
     for k in shots:
         # one prepared folder per K, as a user would make it (`--anomaly-shots K`): its `anomaly` set
         # is what the run saw, and what `cxrad compare` reports; Dn, Du and test are the same images
-        prepared = args.workdir / "prepared" / f"{args.labels.stem}-{args.size}-anomalies{k}"
+        tag = intensity_tag(args.intensity)
+        prepared = args.workdir / "prepared" / f"{args.labels.stem}-{args.size}-anomalies{k}{tag}"
         t0 = time.perf_counter()
-        prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, anomaly_shots=k, val_normals=0),
+        prepare(args.source, prepared, PrepareConfig(size=args.size, workers=1, anomaly_shots=k, val_normals=0,
+                                                     intensity=args.intensity),
                 labels=args.labels, anomalies=args.anomalies)
         prepare_s = round(time.perf_counter() - t0, 2)
         if args.epoch_analysis:
@@ -117,7 +120,7 @@ def run_one(args, prepared: Path, k: int, seed: int, *, cached: bool) -> dict:
         cfg = dataclasses.replace(cfg, epochs=args.epochs)
     cfg.validate()
     run = args.workdir / "runs" / f"wscxr-{cfg.backbone.replace('efficientnet-', '')}-{args.size}-e{cfg.epochs}-" \
-                                  f"k{k}-s{seed}"
+                                  f"k{k}-s{seed}{intensity_tag(args.intensity)}"
     timings: dict[str, float] = {}
 
     def timed(name, fn):
@@ -141,7 +144,8 @@ def run_one(args, prepared: Path, k: int, seed: int, *, cached: bool) -> dict:
     return {
         "benchmark": f"ZhangLab-OCSSL-{args.size}", "method": "wscxr", "shots": k, "seed": seed,
         "config": {key: v for key, v in vars(cfg).items() if key != "device"},
-        "labels": args.labels.name, "anomalies": args.anomalies.name, "device": device_name(device),
+        "intensity": args.intensity, "labels": args.labels.name, "anomalies": args.anomalies.name,
+        "device": device_name(device),
         "host": platform.node(), "threads": args.threads, "commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(run),
         "auc": round(100 * s["auc"], 2), "ap": round(100 * s["ap"], 2),
@@ -210,7 +214,8 @@ def epoch_analysis(args, prepared: Path, k: int, seed: int) -> dict:
         per_epoch.append({"epoch": epoch, "loss": losses[0], **{key: round(100 * v, 2) for key, v in m.items()}})
     best = max(per_epoch, key=lambda r: (r["auc"] + r["acc"] + r["f1"]) / 3)   # the code's criterion
     last = per_epoch[-1]
-    return {"analysis": "test metrics per epoch, REPORT ONLY", "shots": k, "seed": seed, "epochs": cfg.epochs,
+    return {"analysis": "test metrics per epoch, REPORT ONLY", "shots": k, "seed": seed,
+            "intensity": args.intensity, "epochs": cfg.epochs,
             "last_epoch": last, "paper_selected_epoch": best,
             "auc_gain_of_test_selection": round(best["auc"] - last["auc"], 2),
             "max_auc_any_epoch": max(r["auc"] for r in per_epoch), "commit": git_commit(),

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, data_file  # benchmarks/ is the script dir
+from bench_data import KERMANY_224, REPO, RESULTS, SPLITS, add_intensity_option, data_file, intensity_tag
 from bench_record import append_jsonl, git_commit, peak_rss_mb
 
 VARIANTS = {"short": (30, 5), "full": (250, 100)}
@@ -57,8 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=64, help="image side in px (default: the benchmark's 64)")
     ap.add_argument("--depth", type=int, default=4,
                     help="stride-2 stages per autoencoder (4: reference; 5 at --size 128 keeps the 4 x 4 bottleneck)")
-    ap.add_argument("--intensity", choices=("minmax", "percentile"), default="minmax",
-                    help="per-image intensity scaling at prepare (cxrad prepare --intensity; default: minmax)")
+    add_intensity_option(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast of the training forward passes, ensembles "
@@ -92,7 +91,7 @@ def main(argv=None) -> int:
     if args.val_normals != "auto" and not args.val_normals.isdigit():
         ap.error("--val-normals: a count or auto")
     val_tag = ("" if args.val_normals == "0" else f"-v{args.val_normals}") + \
-        ("-pct" if args.intensity == "percentile" else "")
+        intensity_tag(args.intensity)
     args.val_normals = None if args.val_normals == "auto" else int(args.val_normals)
     if not args.refine_inputs or set(args.refine_inputs) - {"dual", "intra"}:
         ap.error("--refine-inputs: a comma-separated list of dual and intra")

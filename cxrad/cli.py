@@ -110,7 +110,9 @@ def prepare(
                                            "anomaly in --labels) as the 'anomaly' set; only weakly supervised "
                                            "methods read it."),
     size: int = typer.Option(PREPARE.size, "--size", help="Output side in pixels."),
-    intensity: str = typer.Option(PREPARE.intensity, "--intensity", help="minmax | percentile"),
+    intensity: str = typer.Option(PREPARE.intensity, "--intensity",
+                                  help="percentile: each image between its --percentiles, then clipped "
+                                       "(decided on the dev split) | minmax: between its minimum and maximum."),
     percentiles: tuple[float, float] = typer.Option(PREPARE.percentiles, "--percentiles", help="Low/high for "
                                                                                                "percentile."),
     crop: str = typer.Option(PREPARE.crop, "--crop", help="none | center (square centre crop before resizing)."),

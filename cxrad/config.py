@@ -243,7 +243,8 @@ class PrepareConfig(StageConfig):
     """`cxrad prepare`: image decoding, preprocessing and split building."""
 
     size: int = 64                      # output side in pixels (square)
-    intensity: Literal["minmax", "percentile"] = "minmax"
+    intensity: Literal["minmax", "percentile"] = "percentile"  # per image; decided on the dev split
+                                        # (docs/method.md, "Reading images"); was minmax until 2026-12
     percentiles: tuple[float, float] = (0.5, 99.5)  # used when intensity == "percentile"
     crop: Literal["none", "center"] = "none"        # centre crop to a square before resizing
     voi_lut: bool = True                # apply a DICOM VOI LUT / window when present

@@ -264,3 +264,26 @@ def test_sigkill_leaves_nothing_inspect_accepts(tmp_path):
         proc.stderr.close()
     r = subprocess.run([sys.executable, "-m", "cxrad.cli", "inspect", str(out)], capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "cxrad: error:" in r.stderr
+
+
+def test_default_intensity_is_each_images_percentiles(prepared_sample):
+    """The default (decided on the dev split) scales each real radiograph between its own 0.5th and
+    99.5th percentiles, then clips; not between its min and max (the default before)."""
+    from PIL import Image
+
+    from cxrad.config import PrepareConfig
+    from cxrad.io.raster import decode_raster
+
+    assert PrepareConfig().intensity == "percentile" and PrepareConfig().percentiles == (0.5, 99.5)
+    normal = load_split(prepared_sample, "normal")
+    for stored, src in list(zip(normal.images, normal.source_paths))[:3]:
+        path = Path(src) if Path(src).is_absolute() else SAMPLE / src
+        img, _ = decode_raster(path.read_bytes(), 50_000_000)
+        img = img.astype(np.float64)
+        lo, hi = np.percentile(img, [0.5, 99.5])
+        by_hand = {name: np.clip((img - a) / (b - a), 0, 1).astype(np.float32)
+                   for name, (a, b) in {"percentile": (lo, hi), "minmax": (img.min(), img.max())}.items()}
+        resized = {name: np.asarray(Image.fromarray(x, mode="F").resize((64, 64), Image.Resampling.BILINEAR))
+                   for name, x in by_hand.items()}
+        assert np.abs(stored - resized["percentile"]).max() < 2e-3          # float16 storage
+        assert np.abs(stored - resized["minmax"]).max() > 0.02              # and visibly not min-max

@@ -17,8 +17,10 @@ from PIL import Image
 RESAMPLE = "pil-bilinear-antialiased"
 
 
-def to_unit(img: np.ndarray, method: str = "minmax", percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
-    """Scale intensities to [0, 1]: min–max, or between two percentiles then clip. (H, W) float32."""
+def to_unit(img: np.ndarray, method: str, percentiles: tuple[float, float]) -> np.ndarray:
+    """Scale intensities to [0, 1]: min–max, or between two percentiles (in %) then clip. (H, W) float32.
+
+    No defaults here: PrepareConfig holds them, and a prepared folder records the ones it used."""
     x = np.asarray(img, dtype=np.float32)
     if method == "minmax":
         lo, hi = float(x.min()), float(x.max())
@@ -49,8 +51,8 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def preprocess(img: np.ndarray, size: int, intensity: str = "minmax",
-               percentiles: tuple[float, float] = (0.5, 99.5), crop: str = "none") -> np.ndarray:
+def preprocess(img: np.ndarray, size: int, intensity: str, percentiles: tuple[float, float],
+               crop: str = "none") -> np.ndarray:
     """The chain of docs/method.md, "Reading images": to [0, 1], optional crop, resize. (size, size) float32."""
     x = to_unit(img, intensity, percentiles)
     if crop == "center":
