@@ -91,7 +91,8 @@ if [ -f benchmarks/simsid_zhanglab.py ]; then
     step simsid-full "$LIMIT_SIMSID" "$PY" benchmarks/simsid_zhanglab.py "${SIMSID[@]}" "${DATA[@]}" \
         --device "$DEVICE" --workdir "$WORK" --results "$OUT"
 fi
-PREPARED=$WORK/prepared/$([ "$MODE" = full ] && echo zhanglab-ocssl || echo labels)-64   # made by step 1
+# the 64-px folder step 1 prepared; its name carries the intensity tag (benchmarks/bench_data.py)
+PREPARED=$(ls -d "$WORK"/prepared/*-64 "$WORK"/prepared/*-64-* 2>/dev/null | head -n 1)
 step train-speed "$LIMIT_SPEED" "$PY" benchmarks/train_speed.py "${SPEED[@]}" --device "$DEVICE" \
     --from-prepared "$PREPARED" --results "$OUT"
 step zhanglab-amp "$LIMIT_AMP" "$PY" benchmarks/zhanglab.py "${ZL[@]}" "${DATA[@]}" --backbone ae --seed 0 \

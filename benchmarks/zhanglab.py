@@ -243,7 +243,7 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         "val_normals": "auto" if args.val_normals is None else args.val_normals,
         "split_sizes": _split_sizes(prepared),
         "device": dev_name, "host": platform.node(), "threads": args.threads, "commit": git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(run),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(run), "prepared": str(prepared),
         "auc": {k: round(100 * v["auc"], 2) for k, v in metrics["scores"].items()},
         "ap": {k: round(100 * v["ap"], 2) for k, v in metrics["scores"].items()},
         "metrics": metrics["scores"], "timings_s": timings, "peak_rss_mb": round(peak_rss_mb(), 1),

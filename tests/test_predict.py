@@ -60,6 +60,19 @@ def test_predict_same_preprocessing_as_prepare(tiny_run, tmp_path):
     np.testing.assert_allclose(float(row["A_rec"]), float(test.scored.scores["A_rec"][idx]), rtol=2e-2)
 
 
+
+def test_a_run_prepared_with_min_max_is_read_with_min_max():
+    """Runs prepared before percentile became the default keep their scaling at predict: the
+    recorded parameters, not today's default, rebuild the reader (the test above checks that
+    predict uses that reader)."""
+    from cxrad.config import PrepareConfig
+    from cxrad.io.preprocess import config_from_parameters, parameters
+
+    old = PrepareConfig(size=32, intensity="minmax", percentiles=(1.0, 99.0))
+    rebuilt = config_from_parameters(parameters(old))
+    assert PrepareConfig().intensity == "percentile"
+    assert (rebuilt.intensity, rebuilt.percentiles, rebuilt.size) == ("minmax", (1.0, 99.0), 32)
+
 def _ct_dicom(tmp_path: Path) -> Path:
     """The real CT slice from ../shared when this checkout has it; else a chest CR relabelled CT."""
     real = SHARED_DATA / "dicom" / "pydicom_CT_small.dcm"
