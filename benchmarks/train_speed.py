@@ -105,7 +105,8 @@ def measure_cxrad(images, backbone: str, members_per_model: int, epochs: int, de
     from cxrad.methods.ddad.trainer import GroupTrainer
 
     data = torch.from_numpy(images).to(device) * 2 - 1
-    arch = dict(size=64, latent_dim=16, memory_items=25, shrink_threshold=0.0)
+    # the prepared folder's own image size (64 px for the benchmark, other sizes with --from-prepared)
+    arch = dict(size=int(images.shape[-1]), latent_dim=16, memory_items=25, shrink_threshold=0.0)
     loss_fn = losses.for_backbone(backbone)
     total = 0.0
     for first in range(0, K, members_per_model):
@@ -142,7 +143,7 @@ def measure_plain(images, backbone: str, epochs: int, device) -> float:
     total = 0.0
     for seed in range(K):
         torch.manual_seed(seed)
-        model = build_member(backbone, 64).to(device).train()
+        model = build_member(backbone, int(images.shape[-1])).to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.5, 0.999))
 
         def epoch(limit=None):

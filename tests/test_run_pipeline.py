@@ -51,7 +51,7 @@ def test_dry_run_lists_and_runs_nothing(tmp_path):
 
 
 def test_kill_during_training_then_resume(tmp_path):
-    config = tiny_config(tmp_path, run_name="killed", epochs=60)
+    config = tiny_config(tmp_path, run_name="killed", epochs=20)
     work = tmp_path / "w"
     env = dict(os.environ, CXRAD_NO_PROGRESS="1")
     proc = subprocess.Popen([sys.executable, "-m", "cxrad.cli", "run", str(config), "--workdir", str(work)],
