@@ -102,16 +102,19 @@ def measure_cxrad(images, backbone: str, members_per_model: int, epochs: int, de
     import torch
 
     from cxrad.methods.ddad import losses
+    from cxrad.methods.ddad.config import EnsembleConfig
     from cxrad.methods.ddad.trainer import GroupTrainer
 
     data = torch.from_numpy(images).to(device) * 2 - 1
+    cfg = EnsembleConfig()   # the stage's own defaults, so the timing follows them
     # the prepared folder's own image size (64 px for the benchmark, other sizes with --from-prepared)
-    arch = dict(size=int(images.shape[-1]), latent_dim=16, memory_items=25, shrink_threshold=0.0)
+    arch = dict(size=int(images.shape[-1]), latent_dim=cfg.latent_dim, memory_items=cfg.memory_items,
+                shrink_threshold=cfg.shrink_threshold)
     loss_fn = losses.for_backbone(backbone)
     total = 0.0
     for first in range(0, K, members_per_model):
         seeds = list(range(first, first + members_per_model))
-        trainer = GroupTrainer(backbone, seeds, arch, 5e-4, (0.5, 0.999), 0.0, device, amp=amp)
+        trainer = GroupTrainer(backbone, seeds, arch, cfg.lr, cfg.betas, cfg.weight_decay, device, amp=amp)
         trainer.run_epoch(data[: WARMUP_STEPS * BATCH], BATCH, loss_fn)
         _sync(device)
         t0 = time.perf_counter()
@@ -128,6 +131,9 @@ def measure_plain(images, backbone: str, epochs: int, device) -> float:
     from torch.utils.data import DataLoader, Dataset
 
     from cxrad.methods.ddad.autoencoders import build_member
+    from cxrad.methods.ddad.config import EnsembleConfig
+
+    cfg = EnsembleConfig()
 
     class Images(Dataset):
         def __init__(self, arr):
@@ -143,8 +149,9 @@ def measure_plain(images, backbone: str, epochs: int, device) -> float:
     total = 0.0
     for seed in range(K):
         torch.manual_seed(seed)
-        model = build_member(backbone, int(images.shape[-1])).to(device).train()
-        opt = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.5, 0.999))
+        model = build_member(backbone, int(images.shape[-1]), cfg.latent_dim, cfg.memory_items,
+                             cfg.shrink_threshold).to(device).train()
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
 
         def epoch(limit=None):
             for step, x in enumerate(loader):
@@ -211,7 +218,7 @@ def child(args) -> None:
             s = measure_plain(images[module], args.backbone, args.epochs, device)
         used = (len(images[module]) // BATCH) * BATCH
         result[module] = {"s_per_epoch": s, "images_per_s": K * used / s, "peak_mb": _peak_mb(device),
-                          "images": len(images[module])}
+                          "images": len(images[module]), "image_px": int(images[module].shape[-1])}
     result["device"] = device_name(device)
     print("RESULT " + json.dumps(result))
 
@@ -300,6 +307,7 @@ def write_results(args, device: str, how: str, rows: list[dict], full: dict | No
     results = args.results
     results.mkdir(parents=True, exist_ok=True)
     meta = {"device": device, "members": K, "batch_size": BATCH, "epochs_measured": args.epochs,
+            "image_px": sorted({r["image_px"] for r in rows}),
             "threads": args.threads or "torch default", "data": how, "host": platform.node(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if full:

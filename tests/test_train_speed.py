@@ -3,6 +3,7 @@ timed as the textbook loop), and batched-bf16 is a method of its own."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -27,3 +28,6 @@ def test_bf16_method_trains_a_batched_epoch(prepared_sample32, tmp_path):
                            "--results", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "ae   ndm bf16 speed-up = " in done.stdout and "ae   udm bf16 speed-up = " in done.stdout
+    (record,) = tmp_path.glob("train_speed-*.json")   # the image size it was timed at is on record
+    data = json.loads(record.read_text())
+    assert data["meta"]["image_px"] == [32] and {r["image_px"] for r in data["rows"]} == {32}
