@@ -127,13 +127,29 @@ def main(argv=None) -> int:
         "evaluate": EvaluateConfig(device=args.device),
     }
     if not args.skip_pipeline:
-        record = run_pipeline(args, prepared, run, cfgs, device, device_name(device), asr_epochs)
+        try:
+            record = run_pipeline(args, prepared, run, cfgs, device, device_name(device), asr_epochs)
+        except RefineStopped as stopped:
+            # not a result: the ensembles' own scores and the ASR epochs done, apart from zhanglab.jsonl;
+            # the same command resumes the refine
+            append_jsonl(args.results / "zhanglab-partial.jsonl", stopped.record)
+            print(f"{stopped}; partial record appended to {args.results / 'zhanglab-partial.jsonl'}",
+                  file=sys.stderr)
+            return stopped.exit_code
         append_jsonl(args.results / "zhanglab.jsonl", record)
         print(json.dumps({k: record[k] for k in ("auc", "ap", "timings_s")}, indent=1))
     if args.study_seeds:
         study(args, run, cfgs["refine"], [int(s) for s in args.study_seeds.split(",")],
               args.study_variants.split(","), asr_epochs, device_name(device))
     return 0
+
+
+class RefineStopped(Exception):
+    """A refine was stopped by SIGTERM/SIGUSR1 after its checkpoint; ``record`` holds what is known."""
+
+    def __init__(self, message: str, exit_code: int, record: dict):
+        super().__init__(message)
+        self.exit_code, self.record = exit_code, record
 
 
 def _epoch_logger(test_maps, labels, store: list):
@@ -182,6 +198,8 @@ def _last_per_epoch(rows: list) -> list:
 
 
 def _test_maps(run: Path, device):
+    """The test split through the run's ensembles -> (maps {"A_*": (N, H, W)}, labels (N,),
+    image scores {"A_*": (N,)})."""
     from cxrad.io.store import load_split
     from cxrad.methods.ddad.ensembles import maps_of_images, open_ensembles
     from cxrad.runs import open_run
@@ -189,11 +207,14 @@ def _test_maps(run: Path, device):
     info = open_run(run)
     ens = open_ensembles(info, device)
     test = load_split(info.prepared, "test")
-    maps, _scores = maps_of_images(ens, test.images)
-    return maps, test.labels
+    maps, scores = maps_of_images(ens, test.images)
+    return maps, test.labels, scores
 
 
 def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: str, asr_epochs: int) -> dict:
+    """All stages, resuming from what ``run`` holds -> the record; raises :class:`RefineStopped`
+    when a stop signal ends a refine (with --log-epoch-auc: what the run knows so far)."""
+    from cxrad.errors import CxradError
     from cxrad.layout import ASR_CHECKPOINT, RunLayout
     from cxrad.methods.ddad.refine import refine
     from cxrad.methods.ddad.synthesize import synthesize
@@ -223,15 +244,48 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         ckpt = RunLayout(run).refine(mode) / ASR_CHECKPOINT
         if test_maps is not None:
             rows, cb = _kept_epoch_log(args.workdir / "epoch-logs" / f"{run.name}-R_{mode}.jsonl", ckpt.is_file(),
-                                       *test_maps)
+                                       *test_maps[:2])
         rcfg = dataclasses.replace(cfgs["refine"], inputs=mode)
-        timed(f"refine-{mode}", lambda rcfg=rcfg, cb=cb, ckpt=ckpt: refine(run, rcfg, resume=ckpt.is_file(),
-                                                                            on_epoch=cb))
+        try:
+            timed(f"refine-{mode}", lambda rcfg=rcfg, cb=cb, ckpt=ckpt: refine(run, rcfg, resume=ckpt.is_file(),
+                                                                                on_epoch=cb))
+        except CxradError as exc:
+            if exc.exit_code < 128 or test_maps is None:   # only a stop signal leaves a partial record
+                raise
+            per_epoch[f"R_{mode}"] = _last_per_epoch(rows)
+            raise RefineStopped(str(exc), exc.exit_code, {
+                **_record_head(args, prepared, run, cfgs, dev_name, asr_epochs),
+                "status": f"stopped by a signal in refine {mode} after ASR epoch "
+                          f"{len(per_epoch[f'R_{mode}'])} of {asr_epochs}; A_* are the ensembles' final test "
+                          "scores, R_* only the per-epoch analysis AUC",
+                **_ensemble_test_metrics(*test_maps[1:]), "timings_s": timings,
+                "per_epoch_test_auc_analysis_only": per_epoch,
+            }) from None
         if test_maps is not None:
             per_epoch[f"R_{mode}"] = _last_per_epoch(rows)
     timed("score", lambda: score(run, cfgs["score"]))
     metrics = timed("evaluate", lambda: evaluate(run, cfgs["evaluate"]))
     timings["total"] = round(sum(timings.values()), 2)
+    return {
+        **_record_head(args, prepared, run, cfgs, dev_name, asr_epochs),
+        "auc": {k: round(100 * v["auc"], 2) for k, v in metrics["scores"].items()},
+        "ap": {k: round(100 * v["ap"], 2) for k, v in metrics["scores"].items()},
+        "metrics": metrics["scores"], "timings_s": timings, "peak_rss_mb": round(peak_rss_mb(), 1),
+        "per_epoch_test_auc_analysis_only": per_epoch,
+        "ensemble_seconds_per_epoch": _ensemble_epoch_times(run),
+    }
+
+
+def _ensemble_test_metrics(labels, scores: dict) -> dict:
+    """AUC/AP (%) of the ensembles' image scores (A_rec, A_intra, A_inter) on the test split."""
+    from cxrad.metrics import auc, average_precision
+
+    return {"auc": {k: round(100 * auc(labels, v), 2) for k, v in scores.items()},
+            "ap": {k: round(100 * average_precision(labels, v), 2) for k, v in scores.items()}}
+
+
+def _record_head(args, prepared: Path, run: Path, cfgs: dict, dev_name: str, asr_epochs: int) -> dict:
+    """What a record says about the run itself: settings, data, machine, provenance."""
     return {
         "benchmark": f"ZhangLab-OCSSL-{args.size}", "variant": args.variant, "backbone": args.backbone,
         "depth": args.depth,
@@ -244,11 +298,6 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         "split_sizes": _split_sizes(prepared),
         "device": dev_name, "host": platform.node(), "threads": args.threads, "commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": str(run), "prepared": str(prepared),
-        "auc": {k: round(100 * v["auc"], 2) for k, v in metrics["scores"].items()},
-        "ap": {k: round(100 * v["ap"], 2) for k, v in metrics["scores"].items()},
-        "metrics": metrics["scores"], "timings_s": timings, "peak_rss_mb": round(peak_rss_mb(), 1),
-        "per_epoch_test_auc_analysis_only": per_epoch,
-        "ensemble_seconds_per_epoch": _ensemble_epoch_times(run),
     }
 
 
@@ -279,7 +328,7 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
     from cxrad.metrics import auc
 
     device = resolve_device(args.device)
-    test_maps, labels = _test_maps(run, device)
+    test_maps, labels, _scores = _test_maps(run, device)
     base = {k: round(100 * auc(labels, test_maps[k].reshape(len(labels), -1).mean(1)), 2)
             for k in ("A_rec", "A_intra", "A_inter")}
     for seed in seeds:  # seeds outer: a partial study still compares the variants seed by seed

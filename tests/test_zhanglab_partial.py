@@ -1,0 +1,45 @@
+"""benchmarks/zhanglab.py stopped by SIGTERM inside the refine (a session's end, SLURM's walltime
+warning) leaves a partial record of what the run knows: the ensembles' test AUCs and the ASR epochs
+done. Such records used to be assembled by hand from the run folder and the epoch log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import REPO
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CXRAD_NO_PROGRESS": "1"}
+
+
+def test_sigterm_in_refine_leaves_a_partial_record_and_no_result(tmp_path):
+    work, results = tmp_path / "work", tmp_path / "results"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "zhanglab.py"), "--source", str(REPO / "sample_data"),
+           "--labels", str(REPO / "sample_data" / "labels.csv"), "--size", "32", "--epochs", "1",
+           "--asr-epochs", "500", "--batch-size", "16", "--threads", "1", "--refine-inputs", "dual",
+           "--log-epoch-auc", "--workdir", str(work), "--results", str(results)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    epoch_log = work / "epoch-logs" / "ae-e1-a500-k3-s0-px32-pct-R_dual.jsonl"
+    deadline = time.monotonic() + 300
+    while not (epoch_log.is_file() and epoch_log.read_text().endswith("\n")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "partial record appended to" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+    assert not (results / "zhanglab.jsonl").exists()          # a stopped run is not a result
+    (record,) = map(json.loads, (results / "zhanglab-partial.jsonl").read_text().splitlines())
+    done = record["per_epoch_test_auc_analysis_only"]["R_dual"]
+    assert 1 <= len(done) < 500 and [r["epoch"] for r in done] == list(range(1, len(done) + 1))
+    assert record["status"].startswith(f"stopped by a signal in refine dual after ASR epoch {len(done)} of 500")
+    assert set(record["auc"]) == set(record["ap"]) == {"A_rec", "A_intra", "A_inter"}
+    assert all(0 <= v <= 100 for v in record["auc"].values())
+    assert record["epochs"] == 1 and record["asr_epochs"] == 500 and record["intensity"] == "percentile"
+    assert {"prepare", "train-ensemble", "synthesize"} <= set(record["timings_s"])
