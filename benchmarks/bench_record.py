@@ -14,13 +14,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def git_commit() -> str:
-    """Short commit hash of the checkout the benchmark ran from ("unknown" outside git)."""
+def _checkout_commit() -> str:
+    """Short commit hash of the checkout, "-dirty" when its code differs from it ("unknown" outside git)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, check=True).stdout.strip()
+        # the code only: results files that earlier runs appended to do not make a checkout dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "cxrad",
+                                "benchmarks/*.py", "pyproject.toml"], cwd=REPO, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
     except Exception:
         return "unknown"
+
+
+# Read once, when a benchmark starts: a run lasts hours, and commits made meanwhile are not the code it runs.
+_COMMIT_AT_START = _checkout_commit()
+
+
+def git_commit() -> str:
+    """The commit the running benchmark started from (see _checkout_commit)."""
+    return _COMMIT_AT_START
 
 
 def peak_rss_mb() -> float:

@@ -42,14 +42,16 @@ if [ "$MODE" = full ]; then
     : "${CXRAD_DATA:?set CXRAD_DATA to the folder holding kermany-pneumonia-224/}"
     DEVICE=cuda
     DATA=(--data "$CXRAD_DATA")
-    ZL=(--variant full)                         # 250 / 100 epochs
+    ZL_SIZE=64
+    ZL=(--variant full --size "$ZL_SIZE")       # 250 / 100 epochs
     SIMSID=(--size 128 --epochs 1000 --seeds 0)
     SPEED=(--epochs 2)
     LIMIT_ZL=200 LIMIT_SIMSID=150 LIMIT_SPEED=60 LIMIT_AMP=120
 else
     DEVICE=cpu
     DATA=(--source sample_data --labels sample_data/labels.csv)
-    ZL=(--epochs 1 --asr-epochs 1 --batch-size 16)
+    ZL_SIZE=32                                  # bf16 (step 4) is slow on CPUs without AVX512-BF16
+    ZL=(--epochs 1 --asr-epochs 1 --batch-size 16 --size "$ZL_SIZE")
     SIMSID=(--size 64 --epochs 1 --seeds 0 --batch-size 8)
     SPEED=(--epochs 1 --batch-size 8 --backbones ae)
     LIMIT_ZL=300 LIMIT_SIMSID=300 LIMIT_SPEED=300 LIMIT_AMP=300
@@ -91,8 +93,9 @@ if [ -f benchmarks/simsid_zhanglab.py ]; then
     step simsid-full "$LIMIT_SIMSID" "$PY" benchmarks/simsid_zhanglab.py "${SIMSID[@]}" "${DATA[@]}" \
         --device "$DEVICE" --workdir "$WORK" --results "$OUT"
 fi
-# the 64-px folder step 1 prepared; its name carries the intensity tag (benchmarks/bench_data.py)
-PREPARED=$(ls -d "$WORK"/prepared/*-64 "$WORK"/prepared/*-64-* 2>/dev/null | head -n 1)
+# the folder step 1 prepared (64 px, 32 in the dry run; SimSID's lies beside it at its own size);
+# its name carries the intensity tag (benchmarks/bench_data.py)
+PREPARED=$(ls -d "$WORK"/prepared/*-"$ZL_SIZE" "$WORK"/prepared/*-"$ZL_SIZE"-* 2>/dev/null | head -n 1)
 step train-speed "$LIMIT_SPEED" "$PY" benchmarks/train_speed.py "${SPEED[@]}" --device "$DEVICE" \
     --from-prepared "$PREPARED" --results "$OUT"
 step zhanglab-amp "$LIMIT_AMP" "$PY" benchmarks/zhanglab.py "${ZL[@]}" "${DATA[@]}" --backbone ae --seed 0 \

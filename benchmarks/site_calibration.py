@@ -20,13 +20,13 @@ import csv
 import json
 import platform
 import re
-import subprocess
 import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_data import KERMANY_224, REPO, RESULTS, data_file  # benchmarks/ is the script dir
+from bench_data import KERMANY_224, RESULTS, data_file  # benchmarks/ is the script dir
+from bench_record import git_commit
 
 
 def _patient(name: str) -> str:
@@ -82,8 +82,7 @@ def main(argv=None) -> int:
     cfg = PredictConfig(overlays=False)
     record = {"run": str(args.run.resolve()), "seed": args.seed, "calibration_images": len(list(calib.iterdir())),
               "host": platform.node(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                       text=True).stdout.strip()}
+              "commit": git_commit()}
     for mode, calibration in (("run threshold", None), ("calibrated", [calib])):
         out = args.workdir / f"pred-s{args.seed}-{'calibrated' if calibration else 'run'}"
         t0 = time.perf_counter()

@@ -1,6 +1,8 @@
 """benchmarks/zhanglab.py stopped by SIGTERM inside the refine (a session's end, SLURM's walltime
 warning) leaves a partial record of what the run knows: the ensembles' test AUCs and the ASR epochs
-done. Such records used to be assembled by hand from the run folder and the epoch log."""
+done. Such records used to be assembled by hand from the run folder and the epoch log. And the
+commit a record names is the one the run started from (it was read when the record was written,
+hours and commits later)."""
 
 from __future__ import annotations
 
@@ -16,19 +18,32 @@ from conftest import REPO
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CXRAD_NO_PROGRESS": "1"}
 
 
+FAKE_GIT = """#!/bin/sh
+# HEAD moves (a commit lands) once the marker file exists; the code is never dirty
+case "$*" in
+  *rev-parse*) if [ -e "{marker}" ]; then echo later00; else echo start00; fi ;;
+esac
+"""
+
+
 def test_sigterm_in_refine_leaves_a_partial_record_and_no_result(tmp_path):
-    work, results = tmp_path / "work", tmp_path / "results"
+    work, results, bin_dir, marker = tmp_path / "work", tmp_path / "results", tmp_path / "bin", tmp_path / "moved"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(FAKE_GIT.format(marker=marker))
+    (bin_dir / "git").chmod(0o755)
     cmd = [sys.executable, str(REPO / "benchmarks" / "zhanglab.py"), "--source", str(REPO / "sample_data"),
            "--labels", str(REPO / "sample_data" / "labels.csv"), "--size", "32", "--epochs", "1",
            "--asr-epochs", "500", "--batch-size", "16", "--threads", "1", "--refine-inputs", "dual",
            "--log-epoch-auc", "--workdir", str(work), "--results", str(results)]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     epoch_log = work / "epoch-logs" / "ae-e1-a500-k3-s0-px32-pct-R_dual.jsonl"
     deadline = time.monotonic() + 300
     while not (epoch_log.is_file() and epoch_log.read_text().endswith("\n")):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    marker.touch()                                            # a commit lands while the run trains
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
@@ -43,3 +58,4 @@ def test_sigterm_in_refine_leaves_a_partial_record_and_no_result(tmp_path):
     assert all(0 <= v <= 100 for v in record["auc"].values())
     assert record["epochs"] == 1 and record["asr_epochs"] == 500 and record["intensity"] == "percentile"
     assert {"prepare", "train-ensemble", "synthesize"} <= set(record["timings_s"])
+    assert record["commit"] == "start00"
