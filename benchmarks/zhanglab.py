@@ -80,6 +80,9 @@ def main(argv=None) -> int:
                          "CPU time when only R_dual is studied; R_intra is then absent from the record)")
     ap.add_argument("--log-epoch-auc", action="store_true",
                     help="also log R_dual/R_intra test AUC after each ASR epoch (analysis only, never used to select)")
+    ap.add_argument("--epoch-auc-every", type=int, default=1, metavar="N",
+                    help="with --log-epoch-auc and in the study: the analysis after every N-th ASR epoch and the "
+                         "last (each costs a third of an epoch: precise BN of the kept model, then the test set)")
     ap.add_argument("--study-seeds", default="", help="e.g. 0,1,2: ASR stability study after the pipeline")
     ap.add_argument("--study-variants", default="cxrad,reference")
     ap.add_argument("--study-inputs", choices=("dual", "intra"), default="dual", help="ASR inputs in the study")
@@ -93,6 +96,8 @@ def main(argv=None) -> int:
     val_tag = ("" if args.val_normals == "0" else f"-v{args.val_normals}") + \
         intensity_tag(args.intensity)
     args.val_normals = None if args.val_normals == "auto" else int(args.val_normals)
+    if args.epoch_auc_every < 1:
+        ap.error("--epoch-auc-every: a whole number of epochs, 1 or more")
     if not args.refine_inputs or set(args.refine_inputs) - {"dual", "intra"}:
         ap.error("--refine-inputs: a comma-separated list of dual and intra")
 
@@ -153,12 +158,12 @@ class RefineStopped(Exception):
 
 
 def _epoch_logger(test_maps, labels, store: list):
-    """on_epoch callback: test AUC/AP of the kept model after each epoch — analysis only."""
+    """on_epoch callback: test AUC/AP of the kept model after an epoch — analysis only."""
     from cxrad.methods.ddad.refinement import refined_maps
     from cxrad.metrics import auc, average_precision
 
-    def cb(epoch, asr):
-        s = refined_maps(asr, test_maps).reshape(len(labels), -1).mean(1)
+    def cb(epoch, kept):
+        s = refined_maps(kept(), test_maps).reshape(len(labels), -1).mean(1)
         store.append({"epoch": epoch, "auc": auc(labels, s), "ap": average_precision(labels, s)})
         print(f"  [analysis only] epoch {epoch}: test AUC {100 * store[-1]['auc']:.1f}", flush=True)
     return cb
@@ -173,21 +178,27 @@ def _final_scores(folder: Path, test_maps, labels, device) -> dict:
     return {"auc": auc(labels, s), "ap": average_precision(labels, s)}
 
 
-def _kept_epoch_log(path: Path, resume: bool, test_maps, labels):
+def _kept_epoch_log(path: Path, resume: bool, test_maps, labels, every: int = 1, last: int = 0):
     """Per-epoch analysis log that outlives the process -> (rows, on_epoch callback).
 
     ``rows`` starts with what ``path`` holds when ``resume`` (an interrupted refine continues), else
-    empty and ``path`` is cleared; the callback adds each epoch's row to ``rows`` and appends it to
-    ``path``, so a refine resumed in a later session still reports every epoch.
+    empty and ``path`` is cleared; the callback adds a row to ``rows`` and appends it to ``path``
+    after every ``every``-th epoch and the ``last``, so a refine resumed in a later session still
+    reports them all.
     """
     rows = [json.loads(line) for line in path.read_text().splitlines() if line] if resume and path.is_file() else []
     if not resume:
         path.unlink(missing_ok=True)
     log_epoch = _epoch_logger(test_maps, labels, rows)
+    # the last epoch trained, logged or not (a stopped refine's partial record says where it stopped)
+    on_epoch_done = max((r["epoch"] for r in rows), default=0)
 
-    def on_epoch(epoch, asr):
-        log_epoch(epoch, asr)
-        append_jsonl(path, rows[-1])
+    def on_epoch(epoch, kept):
+        on_epoch.epochs_done = epoch
+        if epoch % every == 0 or epoch == last:
+            log_epoch(epoch, kept)
+            append_jsonl(path, rows[-1])
+    on_epoch.epochs_done = on_epoch_done
     return rows, on_epoch
 
 
@@ -244,7 +255,7 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         ckpt = RunLayout(run).refine(mode) / ASR_CHECKPOINT
         if test_maps is not None:
             rows, cb = _kept_epoch_log(args.workdir / "epoch-logs" / f"{run.name}-R_{mode}.jsonl", ckpt.is_file(),
-                                       *test_maps[:2])
+                                       *test_maps[:2], every=args.epoch_auc_every, last=asr_epochs)
         rcfg = dataclasses.replace(cfgs["refine"], inputs=mode)
         try:
             timed(f"refine-{mode}", lambda rcfg=rcfg, cb=cb, ckpt=ckpt: refine(run, rcfg, resume=ckpt.is_file(),
@@ -255,9 +266,10 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
             per_epoch[f"R_{mode}"] = _last_per_epoch(rows)
             raise RefineStopped(str(exc), exc.exit_code, {
                 **_record_head(args, prepared, run, cfgs, dev_name, asr_epochs),
-                "status": f"stopped by a signal in refine {mode} after ASR epoch "
-                          f"{len(per_epoch[f'R_{mode}'])} of {asr_epochs}; A_* are the ensembles' final test "
-                          "scores, R_* only the per-epoch analysis AUC",
+                "status": f"stopped by a signal in refine {mode} after ASR epoch {cb.epochs_done} of "
+                          f"{asr_epochs}; A_* are the ensembles' final test scores, R_* only the per-epoch "
+                          "analysis AUC",
+                "epoch_auc_every": args.epoch_auc_every,
                 **_ensemble_test_metrics(*test_maps[1:]), "timings_s": timings,
                 "per_epoch_test_auc_analysis_only": per_epoch,
             }) from None
@@ -271,7 +283,7 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         "auc": {k: round(100 * v["auc"], 2) for k, v in metrics["scores"].items()},
         "ap": {k: round(100 * v["ap"], 2) for k, v in metrics["scores"].items()},
         "metrics": metrics["scores"], "timings_s": timings, "peak_rss_mb": round(peak_rss_mb(), 1),
-        "per_epoch_test_auc_analysis_only": per_epoch,
+        "per_epoch_test_auc_analysis_only": per_epoch, "epoch_auc_every": args.epoch_auc_every,
         "ensemble_seconds_per_epoch": _ensemble_epoch_times(run),
     }
 
@@ -341,7 +353,8 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
             out = run / "study" / f"refine-{variant}-{args.study_inputs}-s{seed}"
             # a full-budget study outlives a session: continue from the refine checkpoint
             resume = (out / ASR_CHECKPOINT).is_file()
-            log, on_epoch = _kept_epoch_log(run / "study" / f"{out.name}.epochs.jsonl", resume, test_maps, labels)
+            log, on_epoch = _kept_epoch_log(run / "study" / f"{out.name}.epochs.jsonl", resume, test_maps, labels,
+                                            every=args.epoch_auc_every, last=asr_epochs)
             t0 = time.perf_counter()
             refine(run, cfg, synth=synth, out=out, resume=resume, force=not resume, on_epoch=on_epoch)
             log = _last_per_epoch(log)
@@ -353,6 +366,7 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
                    "seed": seed, "asr_epochs": asr_epochs, "refine_config": dataclasses.asdict(cfg),
                    "final_auc": round(100 * final["auc"], 2), "final_ap": round(100 * final["ap"], 2),
                    "per_epoch_test_auc_analysis_only": [round(100 * r["auc"], 2) for r in log],
+                   "per_epoch_test_auc_epochs": [r["epoch"] for r in log],
                    "baseline_auc": base, "seconds": round(time.perf_counter() - t0, 1), "device": dev_name,
                    "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             append_jsonl(args.results / "zhanglab-stability.jsonl", rec)
@@ -366,4 +380,7 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except CxradError as exc:   # stopped (SIGTERM: checkpoint saved, same command resumes) or a bad input
+        if exc.exit_code >= 128:   # the stage's own resume hint names a cxrad command; here it is this one
+            print(f"zhanglab.py: {exc} From this script: start the same command again to resume.", file=sys.stderr)
+            sys.exit(exc.exit_code)
         sys.exit(f"zhanglab.py: {exc}")

@@ -142,12 +142,14 @@ def _begin(out: Path, cfg: RefineConfig, *, resume: bool, force: bool) -> bool:
 
 def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = False, *,
            synth: Path | None = None, out: Path | None = None,
-           on_epoch: Optional[Callable[[int, dict[str, Any]], None]] = None) -> Path:
+           on_epoch: Optional[Callable[[int, Callable[[], dict[str, Any]]], None]] = None) -> Path:
     """Train ASR-Net; returns the refine folder.
 
-    ``synth``/``out`` default to RUN/synth and RUN/refine/<inputs>. ``on_epoch(epoch, asr)`` is for
-    analysis (benchmarks): it receives an eval-mode copy of the model as the scorer would use it
-    (EMA + precise BN) and must not influence training — nothing is selected from it.
+    ``synth``/``out`` default to RUN/synth and RUN/refine/<inputs>. ``on_epoch(epoch, kept)`` is for
+    analysis (benchmarks): ``kept()`` builds an eval-mode copy of the model as the scorer would use
+    it (EMA + precise BN over the epoch's batches: a third of an epoch's compute, so a caller that
+    looks at some epochs only pays for those). It must not influence training; nothing is selected
+    from it.
     """
     cfg.validate()
     if resume and force:
@@ -248,7 +250,7 @@ def _batch_source(info, ens, synth: Path, cfg: RefineConfig, device: torch.devic
 
 
 def _train(trainer: ASRTrainer, cfg: RefineConfig, out: Path, run: Path, digest: str, scales, clip,
-           on_epoch: Optional[Callable[[int, dict[str, Any]], None]]) -> None:
+           on_epoch: Optional[Callable[[int, Callable[[], dict[str, Any]]], None]]) -> None:
     """Epochs up to ``cfg.epochs`` through the shared loop; a checkpoint at the end so that
     ``--resume`` of a finished run can rebuild the kept model."""
     def save(_trainer) -> None:
@@ -256,7 +258,8 @@ def _train(trainer: ASRTrainer, cfg: RefineConfig, out: Path, run: Path, digest:
 
     def after_epoch(epoch: int, losses: list[float], _seconds: float) -> None:
         if on_epoch is not None:
-            on_epoch(epoch, {"net": trainer.kept_model(), "inputs": cfg.inputs, "scales": scales, "clip": clip})
+            on_epoch(epoch, lambda: {"net": trainer.kept_model(), "inputs": cfg.inputs, "scales": scales,
+                                     "clip": clip})
 
     resume_cmd = f"`cxrad refine {run} --inputs {cfg.inputs} --resume`"
     try:
