@@ -190,15 +190,14 @@ def _kept_epoch_log(path: Path, resume: bool, test_maps, labels, every: int = 1,
     if not resume:
         path.unlink(missing_ok=True)
     log_epoch = _epoch_logger(test_maps, labels, rows)
-    # the last epoch trained, logged or not (a stopped refine's partial record says where it stopped)
-    on_epoch_done = max((r["epoch"] for r in rows), default=0)
 
     def on_epoch(epoch, kept):
         on_epoch.epochs_done = epoch
         if epoch % every == 0 or epoch == last:
             log_epoch(epoch, kept)
             append_jsonl(path, rows[-1])
-    on_epoch.epochs_done = on_epoch_done
+    # the last epoch trained, logged or not (a stopped refine's partial record says where it stopped)
+    on_epoch.epochs_done = max((r["epoch"] for r in rows), default=0)
     return rows, on_epoch
 
 
@@ -337,12 +336,10 @@ def study(args, run: Path, base_cfg, seeds: list[int], variants: list[str], asr_
     from cxrad.methods.ddad.config import SynthConfig
     from cxrad.methods.ddad.refine import refine
     from cxrad.methods.ddad.synthesize import synthesize
-    from cxrad.metrics import auc
 
     device = resolve_device(args.device)
-    test_maps, labels, _scores = _test_maps(run, device)
-    base = {k: round(100 * auc(labels, test_maps[k].reshape(len(labels), -1).mean(1)), 2)
-            for k in ("A_rec", "A_intra", "A_inter")}
+    test_maps, labels, scores = _test_maps(run, device)
+    base = _ensemble_test_metrics(labels, scores)["auc"]
     for seed in seeds:  # seeds outer: a partial study still compares the variants seed by seed
         for variant in variants:
             spec = dict(REFINE_VARIANTS[variant])
