@@ -13,7 +13,11 @@ import subprocess
 import sys
 import time
 
+import torch
 from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import zhanglab  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CXRAD_NO_PROGRESS": "1"}
 
@@ -56,8 +60,24 @@ def test_sigterm_in_refine_leaves_a_partial_record_and_no_result(tmp_path):
     stopped_after = int(record["status"].split("after ASR epoch ")[1].split()[0])
     assert record["status"].startswith(f"stopped by a signal in refine dual after ASR epoch {stopped_after} of 500")
     assert 2 * len(done) <= stopped_after <= 2 * len(done) + 1 and record["epoch_auc_every"] == 2
+    (ckpt,) = (work / "runs").glob("*/refine/dual/checkpoint.ckpt")
+    assert torch.load(ckpt, weights_only=False)["epoch"] == stopped_after
     assert set(record["auc"]) == set(record["ap"]) == {"A_rec", "A_intra", "A_inter"}
     assert all(0 <= v <= 100 for v in record["auc"].values())
     assert record["epochs"] == 1 and record["asr_epochs"] == 500 and record["intensity"] == "percentile"
     assert {"prepare", "train-ensemble", "synthesize"} <= set(record["timings_s"])
     assert record["commit"] == "start00"
+
+
+def test_a_resumed_refine_counts_its_epochs_from_the_checkpoint_not_the_last_logged_one(tmp_path):
+    # with --epoch-auc-every 2 the log held epochs 2 and 4 while the checkpoint held 5: a resumed
+    # run stopped before its first epoch ended claimed "after ASR epoch 4"
+    log = tmp_path / "R_dual.jsonl"
+    log.write_text("".join(json.dumps({"epoch": e, "auc": 0.9, "ap": 0.9}) + "\n" for e in (2, 4)))
+    rows, on_epoch = zhanglab._kept_epoch_log(log, True, None, None, every=2, last=10, done=5)
+    assert [r["epoch"] for r in rows] == [2, 4] and on_epoch.epochs_done == 5
+    on_epoch(7, kept=None)                                    # not a logged epoch: the model is not looked at
+    assert on_epoch.epochs_done == 7 and len(log.read_text().splitlines()) == 2
+
+    rows, on_epoch = zhanglab._kept_epoch_log(log, False, None, None, every=2, last=10, done=5)
+    assert rows == [] and on_epoch.epochs_done == 0 and not log.exists()   # a fresh refine starts over
