@@ -86,7 +86,8 @@ def test_sigusr1_mid_epoch_checkpoints_then_resume_is_bitwise_identical(run, uni
     assert err.exit_code == 128 + signal.SIGUSR1
     message = str(err)
     assert "\n" not in message and "SIGUSR1" in message
-    assert "checkpoint saved" in message and "--resume" in message
+    # out is not the run's own refine folder, which is all the CLI knows: the hint is Python's
+    assert "checkpoint saved" in message and f"out={str(out)!r}, resume=True" in message
     # the epoch in which the signal arrived was finished and checkpointed; nothing final was written
     assert _epoch_of_checkpoint(out) == 2
     assert not (out / ASR_MODEL).exists() and not (out / MANIFEST).exists()
@@ -117,7 +118,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(run, uninterrupted, tmp_pa
     message = str(err)
     assert err.exit_code == 3
     assert "\n" not in message and "nan at epoch 2" in message
-    assert "checkpoint is intact" in message and "--resume" in message
+    assert "checkpoint is intact" in message and f"out={str(out)!r}, resume=True" in message
     # the checkpoint of epoch 1 is untouched: nothing of the diverged epoch was saved
     assert seen["checkpoint"] is not None
     assert (out / ASR_CHECKPOINT).read_bytes() == seen["checkpoint"] and _epoch_of_checkpoint(out) == 1
@@ -179,3 +180,24 @@ def test_amp_trains_asr_net_in_bf16_and_keeps_fp32_statistics(run, uninterrupted
     assert any(not torch.equal(sd[k], uninterrupted[k]) for k in sd)
     assert json.loads((out / MANIFEST).read_text())["config"]["amp"] is True
     assert "amp" not in identity(CFG) and identity(dataclasses.replace(CFG, amp=True))["amp"] is True
+
+
+def test_a_stopped_refine_of_the_runs_own_folder_names_the_cli_to_resume(run, tmp_path, monkeypatch):
+    # the message used to name `cxrad refine RUN --resume` for any folder, though the CLI can only
+    # resume RUN/refine/<inputs>; the tests above check the hint for other folders
+    import shutil
+
+    real = refine_mod.synthetic_batches
+
+    def signalled(*args, **kwargs):
+        yield from real(*args, **kwargs)
+        signal.raise_signal(signal.SIGUSR1)
+
+    monkeypatch.setattr(refine_mod, "synthetic_batches", signalled)
+    try:
+        with pytest.raises(CxradError) as info:
+            refine(run, CFG)
+        assert f"`cxrad refine {run} --inputs dual --resume`" in str(info.value)
+        assert _epoch_of_checkpoint(run / "refine" / "dual") == 1
+    finally:
+        shutil.rmtree(run / "refine", ignore_errors=True)   # the module's other tests never look there

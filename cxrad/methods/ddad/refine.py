@@ -190,7 +190,12 @@ def refine(run: Path, cfg: RefineConfig, resume: bool = False, force: bool = Fal
     if state is not None:
         trainer.restore(state)
         progress.log(f"cxrad refine: resuming {out} after epoch {trainer.epoch}")
-    _train(trainer, cfg, out, info.root, digest, scales, clip, on_epoch)
+    # the CLI only knows the run's own folders; a refine into others (benchmark studies) resumes from Python
+    if out.resolve() == info.layout.refine(cfg.inputs).resolve() and synth.resolve() == info.layout.synth.resolve():
+        resume_hint = f"`cxrad refine {info.root} --inputs {cfg.inputs} --resume` (same options)"
+    else:
+        resume_hint = f"refine(..., synth={str(synth)!r}, out={str(out)!r}, resume=True) (same configuration)"
+    _train(trainer, cfg, out, info.root, digest, scales, clip, on_epoch, resume_hint)
 
     final = trainer.kept_model()
     save_torch_atomic({"state_dict": final.cpu().state_dict(), "inputs": cfg.inputs, "hidden": cfg.hidden_channels,
@@ -250,9 +255,10 @@ def _batch_source(info, ens, synth: Path, cfg: RefineConfig, device: torch.devic
 
 
 def _train(trainer: ASRTrainer, cfg: RefineConfig, out: Path, run: Path, digest: str, scales, clip,
-           on_epoch: Optional[Callable[[int, Callable[[], dict[str, Any]]], None]]) -> None:
+           on_epoch: Optional[Callable[[int, Callable[[], dict[str, Any]]], None]], resume_cmd: str) -> None:
     """Epochs up to ``cfg.epochs`` through the shared loop; a checkpoint at the end so that
-    ``--resume`` of a finished run can rebuild the kept model."""
+    ``--resume`` of a finished run can rebuild the kept model. ``resume_cmd``: how to continue,
+    for the message of a stopped or diverged run."""
     def save(_trainer) -> None:
         save_torch_atomic(trainer.checkpoint(digest, scales, clip), out / ASR_CHECKPOINT, checksum=True)
 
@@ -261,7 +267,6 @@ def _train(trainer: ASRTrainer, cfg: RefineConfig, out: Path, run: Path, digest:
             on_epoch(epoch, lambda: {"net": trainer.kept_model(), "inputs": cfg.inputs, "scales": scales,
                                      "clip": clip})
 
-    resume_cmd = f"`cxrad refine {run} --inputs {cfg.inputs} --resume`"
     try:
         fit(trainer, epochs=cfg.epochs, checkpoint_every=cfg.checkpoint_every, save=save,
             on_epoch=after_epoch, label=f"refine {cfg.inputs}")
