@@ -178,14 +178,13 @@ def _final_scores(folder: Path, test_maps, labels, device) -> dict:
     return {"auc": auc(labels, s), "ap": average_precision(labels, s)}
 
 
-def _kept_epoch_log(path: Path, resume: bool, test_maps, labels, every: int = 1, last: int = 0, done: int = 0):
+def _kept_epoch_log(path: Path, resume: bool, test_maps, labels, every: int = 1, last: int = 0):
     """Per-epoch analysis log that outlives the process -> (rows, on_epoch callback).
 
     ``rows`` starts with what ``path`` holds when ``resume`` (an interrupted refine continues), else
     empty and ``path`` is cleared; the callback adds a row to ``rows`` and appends it to ``path``
     after every ``every``-th epoch and the ``last``, so a refine resumed in a later session still
-    reports them all. ``done``: the epochs the refine's checkpoint holds; the callback's
-    ``epochs_done`` starts there and follows every epoch trained.
+    reports them all.
     """
     rows = [json.loads(line) for line in path.read_text().splitlines() if line] if resume and path.is_file() else []
     if not resume:
@@ -193,18 +192,16 @@ def _kept_epoch_log(path: Path, resume: bool, test_maps, labels, every: int = 1,
     log_epoch = _epoch_logger(test_maps, labels, rows)
 
     def on_epoch(epoch, kept):
-        on_epoch.epochs_done = epoch
         if epoch % every == 0 or epoch == last:
             log_epoch(epoch, kept)
             append_jsonl(path, rows[-1])
-    # the last epoch trained, logged or not (a stopped refine's partial record says where it stopped);
-    # not the last logged row: under every > 1 that lags the checkpoint by up to every - 1 epochs
-    on_epoch.epochs_done = done if resume else 0
     return rows, on_epoch
 
 
 def _checkpoint_epoch(ckpt: Path) -> int:
-    """The epochs a refine checkpoint holds (0 without one)."""
+    """The epochs a refine checkpoint holds (0 without one): where a stopped refine stopped, since a
+    stop signal checkpoints the finished epoch. Not the last logged row, which under
+    --epoch-auc-every N lags it by up to N - 1 epochs."""
     from cxrad.artifacts import load_torch
 
     if not ckpt.is_file():
@@ -265,8 +262,7 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
         ckpt = RunLayout(run).refine(mode) / ASR_CHECKPOINT
         if test_maps is not None:
             rows, cb = _kept_epoch_log(args.workdir / "epoch-logs" / f"{run.name}-R_{mode}.jsonl", ckpt.is_file(),
-                                       *test_maps[:2], every=args.epoch_auc_every, last=asr_epochs,
-                                       done=_checkpoint_epoch(ckpt))
+                                       *test_maps[:2], every=args.epoch_auc_every, last=asr_epochs)
         rcfg = dataclasses.replace(cfgs["refine"], inputs=mode)
         try:
             timed(f"refine-{mode}", lambda rcfg=rcfg, cb=cb, ckpt=ckpt: refine(run, rcfg, resume=ckpt.is_file(),
@@ -277,7 +273,7 @@ def run_pipeline(args, prepared: Path, run: Path, cfgs: dict, device, dev_name: 
             per_epoch[f"R_{mode}"] = _last_per_epoch(rows)
             raise RefineStopped(str(exc), exc.exit_code, {
                 **_record_head(args, prepared, run, cfgs, dev_name, asr_epochs),
-                "status": f"stopped by a signal in refine {mode} after ASR epoch {cb.epochs_done} of "
+                "status": f"stopped by a signal in refine {mode} after ASR epoch {_checkpoint_epoch(ckpt)} of "
                           f"{asr_epochs}; A_* are the ensembles' final test scores, R_* only the per-epoch "
                           "analysis AUC",
                 "epoch_auc_every": args.epoch_auc_every,

@@ -69,15 +69,12 @@ def test_sigterm_in_refine_leaves_a_partial_record_and_no_result(tmp_path):
     assert record["commit"] == "start00"
 
 
-def test_a_resumed_refine_counts_its_epochs_from_the_checkpoint_not_the_last_logged_one(tmp_path):
+def test_a_stopped_refine_is_counted_from_its_checkpoint_not_the_last_logged_epoch(tmp_path):
     # with --epoch-auc-every 2 the log held epochs 2 and 4 while the checkpoint held 5: a resumed
     # run stopped before its first epoch ended claimed "after ASR epoch 4"
-    log = tmp_path / "R_dual.jsonl"
-    log.write_text("".join(json.dumps({"epoch": e, "auc": 0.9, "ap": 0.9}) + "\n" for e in (2, 4)))
-    rows, on_epoch = zhanglab._kept_epoch_log(log, True, None, None, every=2, last=10, done=5)
-    assert [r["epoch"] for r in rows] == [2, 4] and on_epoch.epochs_done == 5
-    on_epoch(7, kept=None)                                    # not a logged epoch: the model is not looked at
-    assert on_epoch.epochs_done == 7 and len(log.read_text().splitlines()) == 2
+    from cxrad.artifacts import save_torch_atomic
 
-    rows, on_epoch = zhanglab._kept_epoch_log(log, False, None, None, every=2, last=10, done=5)
-    assert rows == [] and on_epoch.epochs_done == 0 and not log.exists()   # a fresh refine starts over
+    ckpt = tmp_path / "checkpoint.ckpt"
+    assert zhanglab._checkpoint_epoch(ckpt) == 0                      # a fresh refine stopped early
+    save_torch_atomic({"epoch": 5, "step": 40}, ckpt, checksum=True)
+    assert zhanglab._checkpoint_epoch(ckpt) == 5
